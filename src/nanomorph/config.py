@@ -1,0 +1,184 @@
+"""params.yaml -> typed, frozen config objects.
+
+Each section of params.yaml has shared keys plus a `scale:` block with one entry per profile
+(micro, cpu, paper). The top-level `profile` key picks the entry, which is merged over the shared keys.
+Library code never reads params.yaml; stages build these objects and pass explicit arguments on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nanomorph.errors import ConfigError
+
+PROFILES = ("micro", "cpu", "paper")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    nanowire_dir: str
+    generic_dir: str
+    classes: tuple[str, ...]
+    seed: int
+    images_per_class: int
+    image_size: int
+    generic_images: int
+    generic_size: int
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    min_side: int
+    max_side: int
+    min_std: float
+    max_saturated_fraction: float
+    manifest: str
+    quarantine: str
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    methods: tuple[str, ...]
+    seed: int
+    temperature: float
+    lambd: float
+    projector_dims: tuple[int, ...]
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: int
+    crop_side: tuple[float, float]
+    flip_p: float
+    jitter_p: float
+    brightness: float
+    contrast: float
+    checkpoint_every: int
+    arch: str
+    image_size: int
+    batch_size: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    encoders: tuple[str, ...]
+    test_fraction: float
+    C: float
+    max_iter: int
+    labels_per_class: tuple[int, ...]
+    split_seeds: int
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    encoders: tuple[str, ...]
+    freeze_encoder: bool
+    lr: float
+    batch_size: int
+    test_fraction: float
+    seed: int
+    train_sizes: tuple[int, ...]
+    epochs: tuple[int, ...]
+    image_size: int
+    epoch_scale: float
+    seeds: int
+
+    def epochs_for(self, n: int) -> int:
+        """Paper epochs for the nearest listed training-set size, scaled by the profile (at least 1)."""
+        paper_sizes = (1, 2, 4, 8, 16, 32, 80)
+        if len(self.epochs) != len(paper_sizes):
+            raise ConfigError(f"segment.epochs needs {len(paper_sizes)} entries, one per size {paper_sizes}")
+        nearest = min(range(len(paper_sizes)), key=lambda i: abs(paper_sizes[i] - n))
+        return max(1, round(self.epochs[nearest] * self.epoch_scale))
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    dir: str
+    probe_report_n: int
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str
+    tracking_uri: str
+    artifact_dir: str
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    data: DataConfig
+    validate: ValidateConfig
+    pretrain: PretrainConfig
+    probe: ProbeConfig
+    segment: SegmentConfig
+    report: ReportConfig
+    tracking: TrackingConfig
+    raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
+
+    def section_params(self, name: str) -> dict[str, Any]:
+        """The resolved section as a flat dict (for logging to MLflow)."""
+        return dataclasses.asdict(getattr(self, name))
+
+    @property
+    def params_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+def _section(raw: dict, name: str, cls: type, profile: str) -> Any:
+    if name not in raw or not isinstance(raw[name], dict):
+        raise ConfigError(f"params.yaml: missing section '{name}'")
+    section = dict(raw[name])
+    scale = section.pop("scale", None)
+    if scale is not None:
+        if profile not in scale:
+            raise ConfigError(f"params.yaml: section '{name}' has no scale entry for profile '{profile}'")
+        section.update(scale[profile])
+    fields = {f.name for f in dataclasses.fields(cls)}
+    missing = fields - set(section)
+    unknown = set(section) - fields
+    if missing:
+        raise ConfigError(f"params.yaml: section '{name}' lacks {sorted(missing)} (profile '{profile}')")
+    if unknown:
+        raise ConfigError(f"params.yaml: section '{name}' has unknown keys {sorted(unknown)}")
+    return cls(**{k: _tuplify(v) for k, v in section.items()})
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
+    """Read params.yaml and resolve it for `profile` (default: the file's own `profile` key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such parameters file (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    profile = profile or raw.get("profile", "cpu")
+    if profile not in PROFILES:
+        raise ConfigError(f"{path}: unknown profile '{profile}' (choose from {', '.join(PROFILES)})")
+    return Config(
+        profile=profile,
+        data=_section(raw, "data", DataConfig, profile),
+        validate=_section(raw, "validate", ValidateConfig, profile),
+        pretrain=_section(raw, "pretrain", PretrainConfig, profile),
+        probe=_section(raw, "probe", ProbeConfig, profile),
+        segment=_section(raw, "segment", SegmentConfig, profile),
+        report=_section(raw, "report", ReportConfig, profile),
+        tracking=_section(raw, "tracking", TrackingConfig, profile),
+        raw=raw,
+    )
