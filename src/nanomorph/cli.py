@@ -1,0 +1,41 @@
+"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "fetch": "nanomorph.stages.fetch",
+    "validate": "nanomorph.stages.validate",
+    "pretrain": "nanomorph.stages.pretrain",
+    "probe": "nanomorph.stages.probe",
+    "segment": "nanomorph.stages.segment",
+    "analyse": "nanomorph.stages.analyse",
+    "report": "nanomorph.stages.report",
+}
+PLANNED = {"predict": "applying registered models to new images arrives with the model registry (issue #8)"}
+
+USAGE = f"""usage: nanomorph <command> [options]
+
+commands: {', '.join([*COMMANDS, *PLANNED])}
+Run `nanomorph <command> --help` for a command's options; the whole pipeline is `dvc repro`."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in PLANNED:
+        print(f"nanomorph {command}: not available yet: {PLANNED[command]}", file=sys.stderr)
+        return 2
+    if command not in COMMANDS:
+        print(f"nanomorph: unknown command '{command}'\n{USAGE}", file=sys.stderr)
+        return 2
+    return importlib.import_module(COMMANDS[command]).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

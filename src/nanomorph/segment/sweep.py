@@ -1,0 +1,82 @@
+"""Segmentation sweep: per-image dice/IoU vs number of training images, for several encoders.
+
+For each seed the images are split ONCE into train/test (stratified by `strata` when given). Training
+sets are nested seeded subsets of the train part; every model is scored on every test image. Nothing
+is early-stopped or selected on the test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from nanomorph.probe.splits import nested_subsets, random_split
+from nanomorph.segment.metrics import dice_iou
+from nanomorph.segment.model import build_unet
+from nanomorph.segment.train import predict_masks, train_segmenter
+
+COLUMNS = ["encoder", "seed", "n", "image_index", "dice", "iou"]
+
+
+def seeded_unet(arch: str, encoder_state: dict | None, freeze_encoder: bool, init_seed: int):
+    """`build_unet` under a forked, seeded torch RNG: every encoder gets the same decoder initialisation,
+    so runs differ only in the encoder weights, and the caller's global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return build_unet(arch, encoder_state, freeze_encoder)
+
+
+def _score_rows(name: str, seed: int, n: int, test_idx: np.ndarray, pred: np.ndarray, masks: np.ndarray) -> list[dict]:
+    rows = []
+    for i, p in zip(test_idx, pred):
+        dice, iou = dice_iou(p, masks[i])
+        rows.append({"encoder": name, "seed": seed, "n": n, "image_index": int(i), "dice": dice, "iou": iou})
+    return rows
+
+
+def segmentation_sweep(
+    images: np.ndarray,
+    masks: np.ndarray,
+    encoder_states: dict[str, dict | None],
+    *,
+    arch: str,
+    train_sizes: Sequence[int],
+    epochs_for: Callable[[int], int],
+    seeds: Sequence[int],
+    test_fraction: float,
+    lr: float,
+    batch_size: int,
+    freeze_encoder: bool,
+    strata: np.ndarray | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Rows (encoder, seed, n, image_index, dice, iou): one per test image per (encoder, seed, n) run.
+
+    `image_index` indexes `images`. Sizes larger than the train part are skipped with a warning. The
+    seed drives the split, the subset draw, the U-Net initialisation and the training shuffles/flips,
+    identically for every encoder.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    masks = np.asarray(masks)
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    plan = []
+    for seed in seeds:
+        train_idx, test_idx = random_split(len(images), test_fraction, seed, strata)
+        for n, fit_idx in nested_subsets(train_idx, train_sizes, seed).items():
+            plan.extend((name, int(seed), n, fit_idx, test_idx) for name in encoder_states)
+    rows: list[dict] = []
+    for name, seed, n, fit_idx, test_idx in tqdm(plan, desc="segmentation runs", disable=not progress):
+        model = seeded_unet(arch, encoder_states[name], freeze_encoder, init_seed=seed)
+        train_segmenter(
+            model, images[fit_idx], masks[fit_idx], epochs=epochs_for(n), lr=lr, batch_size=batch_size,
+            seed=seed, device=device,
+        )
+        pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device)
+        rows.extend(_score_rows(name, seed, n, test_idx, pred, masks))
+    return pd.DataFrame(rows, columns=COLUMNS)

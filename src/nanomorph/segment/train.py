@@ -1,0 +1,111 @@
+"""Dice-loss training of the U-Net and thresholded prediction.
+
+Training uses only the images it is given: there is no validation-based early stopping, so the fixed
+number of epochs comes from the caller (params.yaml) and test images are never seen here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nanomorph.models.encoder import normalise
+from nanomorph.segment.model import set_train_mode, trainable_parameters
+
+# smp's U-Net halves the resolution five times and concatenates skips, so sides must divide by 32.
+_SIDE_MULTIPLE = 32
+
+
+def _to_input(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W) float [0, 1] -> normalised (N, 1, H, W) float32 tensor."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3:
+        raise ValueError(f"expected images of shape (N, H, W), got {images.shape}")
+    h, w = images.shape[1:]
+    if h % _SIDE_MULTIPLE or w % _SIDE_MULTIPLE:
+        raise ValueError(f"U-Net needs image sides divisible by {_SIDE_MULTIPLE}, got {h}x{w}")
+    return normalise(torch.from_numpy(images).unsqueeze(1))
+
+
+def _encoder_frozen(model: smp.Unet) -> bool:
+    return not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def _random_hflip(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each (image, mask) pair left-right with probability 1/2; both get the same flip."""
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x, y = x.clone(), y.clone()
+    x[flip] = x[flip].flip(-1)
+    y[flip] = y[flip].flip(-1)
+    return x, y
+
+
+def train_segmenter(
+    model: smp.Unet,
+    images: np.ndarray,
+    masks: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> smp.Unet:
+    """Train `model` in place with Adam on its trainable parameters and binary dice loss; returns it.
+
+    A frozen encoder (no parameter requiring grad, as `build_unet(freeze_encoder=True)` leaves it) is
+    kept in eval mode so its BatchNorm statistics are not updated either. Shuffling and flips draw from
+    one generator seeded by `seed`.
+    """
+    masks = np.asarray(masks)
+    if masks.dtype != bool:
+        raise TypeError(f"masks must be boolean, got {masks.dtype}")
+    x_all = _to_input(images)
+    if masks.shape != tuple(x_all.shape[:1]) + tuple(x_all.shape[2:]):
+        raise ValueError(f"masks {masks.shape} do not match images {tuple(images.shape)}")
+    y_all = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    frozen = _encoder_frozen(model)
+    model.to(device)
+    optimiser = torch.optim.Adam(params, lr=lr)
+    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(epochs), desc="segment epochs", disable=not progress, leave=False):
+        set_train_mode(model, frozen)
+        order = torch.randperm(len(x_all), generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x, y = _random_hflip(x_all[idx], y_all[idx], gen)
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    return model
+
+
+def predict_masks(
+    model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Boolean (N, H, W) masks: sigmoid(logit) > 0.5, without gradients; leaves the model in eval mode.
+
+    (Eval mode is not undone afterwards: a blanket model.train() would also unfreeze a frozen encoder's
+    BatchNorm; `train_segmenter` sets the right modes itself.)
+    """
+    x_all = _to_input(images)
+    model.eval()
+    model.to(device)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x_all), batch_size):
+            logits = model(x_all[start : start + batch_size].to(device))
+            out.append((torch.sigmoid(logits) > 0.5).squeeze(1).cpu().numpy())
+    if not out:
+        return np.zeros((0, *x_all.shape[2:]), dtype=bool)
+    return np.concatenate(out)

@@ -1,0 +1,58 @@
+"""What every stage shares: argument parsing, one-line user errors, its MLflow run, metric files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from nanomorph.config import Config, load_config
+from nanomorph.errors import NanomorphError
+
+
+def stage_main(stage: str, body: Callable[[Config, argparse.Namespace], None],
+               add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+               argv: list[str] | None = None) -> int:
+    """Parse arguments, load params.yaml, run `body`; a NanomorphError becomes one line on stderr, exit 2."""
+    parser = argparse.ArgumentParser(prog=f"nanomorph {stage}", description=f"Run the '{stage}' stage.")
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="override the profile named in the parameters file")
+    if add_args is not None:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.params, profile=args.profile)
+        body(cfg, args)
+    except NanomorphError as exc:
+        print(f"nanomorph {stage}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def tracked(cfg: Config, stage: str, sections: tuple[str, ...]) -> AbstractContextManager[Any]:
+    """The stage's MLflow run, logging the resolved params of `sections`."""
+    from nanomorph.tracking.runs import stage_run
+
+    return stage_run(
+        stage, repo_root=Path.cwd(), tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment,
+        artifact_dir=cfg.tracking.artifact_dir, profile=cfg.profile, params_hash=cfg.params_hash,
+        params={"profile": cfg.profile, **{s: cfg.section_params(s) for s in sections}},
+    )
+
+
+def best_device() -> str:
+    """CUDA when present (paper profile on GPU runners), else CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,102 @@
+"""MLflow tracking for pipeline stages.
+
+Every stage runs inside `stage_run`: an MLflow run nested under one parent run per pipeline
+configuration (same git commit and same params.yaml content -> same parent), so one `dvc repro` shows up
+as a parent with a child per stage that ran. The store is an embedded sqlite file at the project root
+unless MLFLOW_TRACKING_URI says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PIPELINE_TAG = "nanomorph.pipeline_key"
+
+
+def git_commit(repo_root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def dvc_data_hash(repo_root: Path) -> str:
+    """md5 of the raw data as dvc recorded it for the `fetch` stage outputs ('unknown' before the first fetch)."""
+    lock = repo_root / "dvc.lock"
+    if not lock.is_file():
+        return "unknown"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    outs = stages.get("fetch", {}).get("outs", [])
+    digests = sorted(f"{o['path']}:{o.get('md5', '')}" for o in outs)
+    return hashlib.sha256("|".join(digests).encode()).hexdigest()[:16] if digests else "unknown"
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def configure(tracking_uri: str, experiment: str, artifact_dir: str | Path) -> str:
+    """Point MLflow at the store and experiment; returns the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
+    artifact_root = Path(artifact_dir).resolve()
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _parent_run_id(experiment_id: str, key: str, profile: str) -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'",
+        max_results=1, order_by=["attributes.start_time DESC"], output_format="list",
+    )
+    if runs:
+        return runs[0].info.run_id
+    run = mlflow.MlflowClient().create_run(
+        experiment_id, run_name=f"pipeline-{profile}-{key[:8]}", tags={PIPELINE_TAG: key, "nanomorph.profile": profile}
+    )
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(stage: str, *, repo_root: Path, tracking_uri: str, experiment: str, artifact_dir: str,
+              profile: str, params_hash: str, params: Mapping[str, Any]) -> Iterator[Any]:
+    """Open the stage's MLflow run nested under the pipeline's parent run; yields the active child run."""
+    import mlflow
+
+    experiment_id = configure(tracking_uri, experiment, repo_root / artifact_dir)
+    commit = git_commit(repo_root)
+    key = hashlib.sha256(f"{commit}:{params_hash}".encode()).hexdigest()[:16]
+    parent_id = _parent_run_id(experiment_id, key, profile)
+    with mlflow.start_run(run_id=parent_id):
+        with mlflow.start_run(run_name=stage, nested=True) as run:
+            mlflow.set_tags({
+                "nanomorph.stage": stage, "nanomorph.profile": profile, "git_commit": commit,
+                "dvc_data_hash": dvc_data_hash(repo_root), "params_hash": params_hash,
+            })
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+            yield run

@@ -1,0 +1,116 @@
+import itertools
+
+import numpy as np
+import pytest
+import tifffile
+
+from nanomorph.analysis.percolation import percolates
+from nanomorph.data.io import read_image, read_zenodo_label
+from nanomorph.data.layout import find_images, find_nanowire_dataset
+from nanomorph.data.synthetic import (
+    CLASSES,
+    generate_generic_em_image,
+    generate_nanowire_image,
+    write_generic_em_dataset,
+    write_nanowire_dataset,
+)
+
+
+def rng(*words):
+    return np.random.default_rng(np.random.SeedSequence(list(words)))
+
+
+@pytest.mark.parametrize("morphology", CLASSES)
+def test_nanowire_image_types_and_determinism(morphology):
+    image, mask = generate_nanowire_image(morphology, 64, rng(7))
+    assert image.dtype == np.uint16 and image.shape == (64, 64)
+    assert mask.dtype == bool and mask.shape == (64, 64)
+    assert 0 < mask.sum() < mask.size
+    again_image, again_mask = generate_nanowire_image(morphology, 64, rng(7))
+    np.testing.assert_array_equal(image, again_image)
+    np.testing.assert_array_equal(mask, again_mask)
+    other_image, _ = generate_nanowire_image(morphology, 64, rng(8))
+    assert not np.array_equal(image, other_image)
+
+
+@pytest.mark.parametrize("morphology, seed", list(itertools.product(CLASSES, range(4))))
+def test_percolation_label_matches_class(morphology, seed):
+    _, mask = generate_nanowire_image(morphology, 96, rng(seed))
+    assert percolates(mask) == (morphology == "network")
+
+
+@pytest.mark.parametrize("morphology", CLASSES)
+def test_wires_are_dark_on_a_bright_film(morphology):
+    image, mask = generate_nanowire_image(morphology, 128, rng(3))
+    assert image[mask].mean() < 0.85 * image[~mask].mean()
+
+
+def test_wire_counts_differ_between_classes():
+    density = {c: np.mean([generate_nanowire_image(c, 64, rng(i))[1].mean() for i in range(6)]) for c in CLASSES}
+    assert density["network"] > density["dispersed"] > density["singular"]
+    assert density["bundle"] > density["singular"]
+
+
+def test_mean_intensity_alone_does_not_separate_the_classes():
+    means = {
+        c: [generate_nanowire_image(c, 64, rng(0, k, i))[0].mean() for i in range(10)] for k, c in enumerate(CLASSES)
+    }
+    for a, b in itertools.combinations(CLASSES, 2):
+        # Overlapping ranges: no intensity threshold splits a from b.
+        assert min(means[a]) < max(means[b]) and min(means[b]) < max(means[a]), (a, b)
+
+
+def test_wire_width_scales_with_image_size():
+    small = np.mean([generate_nanowire_image("singular", 64, rng(i))[1].sum() for i in range(4)]) / 64**2
+    large = np.mean([generate_nanowire_image("singular", 256, rng(i))[1].sum() for i in range(4)]) / 256**2
+    assert 0.5 < large / small < 2.0  # same field of view, same covered fraction
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="morphology"):
+        generate_nanowire_image("tangled", 64, rng(0))
+    with pytest.raises(ValueError, match="size"):
+        generate_nanowire_image("network", 8, rng(0))
+    with pytest.raises(ValueError, match="classes"):
+        write_nanowire_dataset("unused", ["tangled"], 1, 32, 0, progress=False)
+
+
+def test_nanowire_dataset_round_trips(tmp_path):
+    written = write_nanowire_dataset(tmp_path, CLASSES, 2, 48, seed=5, progress=False)
+    assert len(written) == 8
+    samples = find_nanowire_dataset(tmp_path, CLASSES)
+    assert [s.image for s in samples] == written
+    assert [s.label for s in samples] == [c for c in CLASSES for _ in range(2)]
+    for sample in samples:
+        assert sample.image.name == f"{sample.label}_{sample.image.stem[-3:]}.tif"
+        assert sample.mask == tmp_path / sample.label / "labels" / f"{sample.image.stem}.png"
+        index = int(sample.image.stem[-3:])
+        image, mask = generate_nanowire_image(sample.label, 48, rng(5, 0, CLASSES.index(sample.label), index))
+        stored = tifffile.imread(sample.image)
+        assert stored.dtype == np.uint16
+        np.testing.assert_array_equal(stored, image)
+        np.testing.assert_allclose(read_image(sample.image), image / 65535, atol=1e-6)
+        np.testing.assert_array_equal(read_zenodo_label(sample.mask), mask)
+
+
+def test_nanowire_images_do_not_depend_on_count_or_class_subset(tmp_path):
+    many = write_nanowire_dataset(tmp_path / "many", CLASSES, 3, 40, seed=1, progress=False)
+    few = write_nanowire_dataset(tmp_path / "few", ["network"], 1, 40, seed=1, progress=False)
+    network_first = [p for p in many if p.parent.parent.name == "network"][0]
+    np.testing.assert_array_equal(tifffile.imread(network_first), tifffile.imread(few[0]))
+    other_seed = write_nanowire_dataset(tmp_path / "other", ["network"], 1, 40, seed=2, progress=False)
+    assert not np.array_equal(tifffile.imread(other_seed[0]), tifffile.imread(few[0]))
+
+
+def test_generic_em_images(tmp_path):
+    image = generate_generic_em_image(64, rng(0))
+    assert image.dtype == np.uint8 and image.shape == (64, 64)
+    assert image.std() > 10  # textured, not flat
+    np.testing.assert_array_equal(image, generate_generic_em_image(64, rng(0)))
+    written = write_generic_em_dataset(tmp_path, 3, 40, seed=0, progress=False)
+    assert [p.name for p in written] == ["synthetic_em_00000.png", "synthetic_em_00001.png", "synthetic_em_00002.png"]
+    assert find_images(tmp_path) == written
+    first_of_one = write_generic_em_dataset(tmp_path / "one", 1, 40, seed=0, progress=False)[0]
+    np.testing.assert_array_equal(read_image(first_of_one), read_image(written[0]))
+    assert read_image(written[0]).shape == (40, 40)
+    assert not np.array_equal(read_image(written[0]), read_image(written[1]))

@@ -1,0 +1,78 @@
+import numpy as np
+
+from nanomorph.probe.linear import fit_linear_probe, knn_probe
+
+
+def _blobs(n_per_class, seed, dim=16, spread=0.5):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(0, 3, (4, dim))
+    y = np.repeat(np.array(["a", "b", "c", "d"]), n_per_class)
+    X = centres[np.repeat(np.arange(4), n_per_class)] + rng.normal(0, spread, (len(y), dim))
+    return X.astype(np.float32), y
+
+
+def test_linear_probe_separates_blobs():
+    X_train, y_train = _blobs(8, seed=0)
+    X_test, y_test = _blobs(50, seed=1)
+    probe = fit_linear_probe(X_train, y_train, seed=0)
+    assert (probe.predict(X_test) == y_test).mean() > 0.95
+
+
+def test_standardisation_is_fitted_on_training_features_only():
+    X_train, y_train = _blobs(5, seed=0)
+    X_test, _ = _blobs(20, seed=1)
+    X_test = X_test * 100 + 50  # a test set on a very different scale must not move the scaler
+    probe = fit_linear_probe(X_train, y_train)
+    scaler = probe.named_steps["scale"]
+    np.testing.assert_allclose(scaler.mean_, X_train.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scaler.scale_, X_train.std(0), rtol=1e-4)
+    # Prediction is row-wise: a row's prediction does not depend on the other test rows (no refit).
+    together = probe.predict_proba(X_test)
+    alone = np.vstack([probe.predict_proba(X_test[i : i + 1]) for i in range(len(X_test))])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scaler.mean_, X_train.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_probe_is_softmax_over_all_classes():
+    X_train, y_train = _blobs(3, seed=0)
+    probe = fit_linear_probe(X_train, y_train)
+    proba = probe.predict_proba(X_train)
+    assert proba.shape == (12, 4)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+
+
+def test_knn_caps_k_and_classifies_blobs():
+    X_train, y_train = _blobs(1, seed=0)
+    clf = knn_probe(X_train, y_train)
+    assert clf.n_neighbors == 4
+    # With one example per class all four are neighbours; the nearest must still win (no tie to class "a").
+    X_test, y_test = _blobs(30, seed=2)
+    assert (clf.predict(X_test) == y_test).mean() > 0.9
+    X_big, y_big = _blobs(10, seed=0)
+    clf = knn_probe(X_big, y_big)
+    assert clf.n_neighbors == 5 and clf.metric == "cosine"
+    X_test, y_test = _blobs(30, seed=2)
+    assert (clf.predict(X_test) == y_test).mean() > 0.9
+
+
+def test_extract_features_eval_mode_batch_invariant_and_normalised():
+    import pytest
+    import torch
+
+    from nanomorph.models.encoder import normalise, random_encoder
+    from nanomorph.probe.features import extract_features
+
+    encoder = random_encoder("resnet18", seed=0)
+    encoder.train()
+    images = np.random.default_rng(0).random((5, 32, 32), dtype=np.float32)
+    feats = extract_features(encoder, images, batch_size=2)
+    assert feats.shape == (5, 512) and feats.dtype == np.float32
+    assert encoder.training  # caller's mode restored
+    # Eval-mode BatchNorm: a row's features do not depend on its batch-mates.
+    np.testing.assert_allclose(extract_features(encoder, images, batch_size=64), feats, rtol=1e-4, atol=1e-5)
+    encoder.eval()
+    with torch.no_grad():
+        expected = encoder(normalise(torch.from_numpy(images[:1]).unsqueeze(1))).numpy()
+    np.testing.assert_allclose(feats[:1], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        extract_features(encoder, images[:, None])

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from nanomorph.probe.splits import nested_label_subsets, nested_subsets, random_split, stratified_split
+
+CLASSES = np.array(["bundle", "dispersed", "network", "singular"])
+
+
+def _labels(per_class=(50, 30, 20, 40)):
+    return np.repeat(CLASSES, per_class)
+
+
+def test_split_is_disjoint_complete_and_stratified():
+    labels = _labels()
+    train, test = stratified_split(labels, 0.2, seed=0)
+    assert np.intersect1d(train, test).size == 0
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
+    for c, total in zip(CLASSES, (50, 30, 20, 40)):
+        assert (labels[test] == c).sum() == round(0.2 * total)
+
+
+def test_split_determinism_and_seed_dependence():
+    labels = _labels()
+    a = stratified_split(labels, 0.2, seed=3)
+    b = stratified_split(labels, 0.2, seed=3)
+    c = stratified_split(labels, 0.2, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_split_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="test_fraction"):
+        stratified_split(_labels(), 1.0, seed=0)
+
+
+def test_nested_label_subsets_are_nested_per_class_and_inside_train():
+    labels = _labels()
+    train, test = stratified_split(labels, 0.2, seed=1)
+    subsets = nested_label_subsets(labels, train, [1, 2, 4, 8, 16], seed=1)
+    assert list(subsets) == [1, 2, 4, 8, 16]
+    previous = np.array([], dtype=int)
+    for n, idx in subsets.items():
+        assert set(idx) <= set(train)
+        assert np.intersect1d(idx, test).size == 0
+        assert all((labels[idx] == c).sum() == n for c in CLASSES)
+        assert set(previous) <= set(idx)
+        previous = idx
+
+
+def test_nested_label_subsets_determinism():
+    labels = _labels()
+    train, _ = stratified_split(labels, 0.2, seed=0)
+    a = nested_label_subsets(labels, train, [4], seed=7)[4]
+    b = nested_label_subsets(labels, train, [4], seed=7)[4]
+    c = nested_label_subsets(labels, train, [4], seed=8)[4]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_sizes_beyond_smallest_class_are_skipped_with_warning():
+    labels = _labels()  # smallest class: 20 -> 16 in train
+    train, _ = stratified_split(labels, 0.2, seed=0)
+    with pytest.warns(UserWarning, match="skipping size 17"):
+        subsets = nested_label_subsets(labels, train, [1, 16, 17], seed=0)
+    assert list(subsets) == [1, 16]
+
+
+def test_nested_subsets_and_random_split():
+    train, test = random_split(20, 0.25, seed=0)
+    assert len(test) == 5 and np.intersect1d(train, test).size == 0
+    with pytest.warns(UserWarning, match="skipping size 16"):
+        subsets = nested_subsets(train, [1, 3, 15, 16], seed=0)
+    assert list(subsets) == [1, 3, 15]
+    assert set(subsets[1]) <= set(subsets[3]) <= set(subsets[15]) == set(train)
+    strata = np.repeat([0, 1], [12, 8])
+    _, test = random_split(20, 0.25, seed=0, strata=strata)
+    assert sorted(strata[test].tolist()) == [0, 0, 0, 1, 1]

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from nanomorph.models.encoder import random_encoder
+from nanomorph.probe.splits import random_split
+from nanomorph.segment.metrics import dice_iou
+from nanomorph.segment.sweep import seeded_unet, segmentation_sweep
+from nanomorph.segment.train import predict_masks, train_segmenter
+
+ARCH = "resnet18"
+
+
+def _squares(n, seed, side=32):
+    """Bright squares of random size and position on a dark, slightly noisy background."""
+    rng = np.random.default_rng(seed)
+    images = np.full((n, side, side), 0.2, dtype=np.float32)
+    masks = np.zeros((n, side, side), dtype=bool)
+    for i in range(n):
+        s = rng.integers(8, 14)
+        r, c = rng.integers(2, side - s - 2, size=2)
+        masks[i, r : r + s, c : c + s] = True
+    images[masks] = 0.8
+    images += rng.normal(0, 0.03, images.shape).astype(np.float32)
+    return images.clip(0, 1), masks
+
+
+def _mean_dice(model, images, masks):
+    return np.mean([dice_iou(p, t)[0] for p, t in zip(predict_masks(model, images), masks)])
+
+
+def test_training_improves_dice_on_held_out_images():
+    train_x, train_y = _squares(8, seed=0)
+    test_x, test_y = _squares(4, seed=1)
+    model = seeded_unet(ARCH, random_encoder(ARCH, seed=0).resnet_state_dict(), True, init_seed=0)
+    untrained = _mean_dice(model, test_x, test_y)
+    train_segmenter(model, train_x, train_y, epochs=30, lr=1e-2, batch_size=4, seed=0)
+    trained = _mean_dice(model, test_x, test_y)
+    assert trained > 0.8 and trained > untrained + 0.3
+
+
+def test_training_is_seeded():
+    x, y = _squares(4, seed=0)
+    runs = []
+    for _ in range(2):
+        model = seeded_unet(ARCH, None, True, init_seed=5)
+        train_segmenter(model, x, y, epochs=1, lr=1e-3, batch_size=2, seed=3)
+        runs.append(model.decoder.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_predict_masks_shape_and_input_checks():
+    x, y = _squares(3, seed=0)
+    model = seeded_unet(ARCH, None, True, init_seed=0)
+    pred = predict_masks(model, x, batch_size=2)
+    assert pred.dtype == bool and pred.shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        predict_masks(model, np.zeros((1, 40, 40), dtype=np.float32))
+    with pytest.raises(TypeError):
+        train_segmenter(model, x, y.astype(np.float32), epochs=1, lr=1e-3, batch_size=2, seed=0)
+
+
+def test_same_decoder_init_across_encoders():
+    a = seeded_unet(ARCH, None, True, init_seed=4)
+    b = seeded_unet(ARCH, random_encoder(ARCH, seed=9).resnet_state_dict(), True, init_seed=4)
+    sa, sb = a.decoder.state_dict(), b.decoder.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(a.encoder.conv1.weight, b.encoder.conv1.weight)
+
+
+def test_sweep_rows_cover_every_run_and_only_test_images():
+    images, masks = _squares(10, seed=2)
+    strata = np.repeat([0, 1], 5)
+    states = {"pretrained": random_encoder(ARCH, seed=1).resnet_state_dict(), "smp_init": None}
+    with pytest.warns(UserWarning, match="skipping size 50"):
+        df = segmentation_sweep(
+            images, masks, states, arch=ARCH, train_sizes=[1, 2, 50], epochs_for=lambda n: 1, seeds=[0, 1],
+            test_fraction=0.4, lr=1e-3, batch_size=2, freeze_encoder=True, strata=strata, progress=False,
+        )
+    assert list(df.columns) == ["encoder", "seed", "n", "image_index", "dice", "iou"]
+    assert len(df) == 2 * 2 * 2 * 4  # encoders x seeds x sizes x test images
+    for seed in (0, 1):
+        _, test_idx = random_split(10, 0.4, seed, strata)
+        assert sorted(strata[test_idx].tolist()) == [0, 0, 1, 1]
+        for (_, n), group in df[df.seed == seed].groupby(["encoder", "n"]):
+            assert sorted(group.image_index) == sorted(test_idx.tolist())
+    assert df[["dice", "iou"]].apply(lambda c: c.between(0, 1)).all().all()

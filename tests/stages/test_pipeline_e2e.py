@@ -1,0 +1,113 @@
+"""End to end: `dvc repro` of the whole pipeline on the micro profile in a scratch copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def _set_param(params: Path, dotted: str, value) -> None:
+    tree = yaml.safe_load(params.read_text())
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    params.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def _ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("e2e") / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
+        shutil.copy2(PROJECT_ROOT / name, work / name)
+    shutil.copytree(PROJECT_ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for sub in ("data", "models"):
+        (work / sub).mkdir()
+        shutil.copy2(PROJECT_ROOT / sub / ".gitignore", work / sub / ".gitignore")
+    _set_param(work / "params.yaml", "profile", "micro")
+    env = dict(os.environ)
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": str(work / "src"),  # the stages import the scratch copy's code
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org",
+        "DVC_NO_ANALYTICS": "1",
+    })
+    _run(["git", "init", "-q", "-b", "main"], work, env)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], work, env)
+    (work / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "scratch project"], work, env)
+    return work, env
+
+
+@pytest.mark.slow
+def test_repro_runs_every_stage_then_is_a_noop(project):
+    work, env = project
+    first = _run([sys.executable, "-m", "dvc", "repro"], work, env)
+    assert {"fetch", "validate", "pretrain@simclr", "pretrain@barlow_twins", "probe", "segment", "analyse",
+            "report"} <= _ran_stages(first.stdout)
+    assert "mlflow ui --backend-store-uri" in first.stdout
+    for out in ("reports/report.html", "reports/metrics.json", "reports/accuracy_vs_labels.png",
+                "models/encoders/simclr.pt", "models/encoders/barlow_twins.pt", "data/validated/manifest.csv"):
+        assert (work / out).is_file(), out
+    headline = json.loads((work / "reports/metrics.json").read_text())
+    assert set(headline["probe"]["median_accuracy"]) == {"simclr", "barlow_twins", "random"}
+    assert all(0.0 <= v <= 1.0 for v in headline["segment"]["median_dice"].values())
+
+    second = _run([sys.executable, "-m", "dvc", "repro"], work, env)
+    assert _ran_stages(second.stdout) == set()
+
+
+@pytest.mark.slow
+def test_changing_one_param_reruns_only_its_dependants(project):
+    work, env = project
+    _set_param(work / "params.yaml", "probe.C", 0.5)
+    third = _run([sys.executable, "-m", "dvc", "repro"], work, env)
+    assert _ran_stages(third.stdout) == {"probe", "report"}
+
+    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], work, env)
+    assert "median_accuracy" in metrics.stdout
+    plots = _run([sys.executable, "-m", "dvc", "plots", "show", "--json"], work, env)
+    assert "probe_summary.csv" in plots.stdout
+
+
+@pytest.mark.slow
+def test_exp_run_sets_a_param_and_tracks_nested_mlflow_runs(project):
+    work, env = project
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "results"], work, env)
+    exp = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "report.probe_report_n=2"], work, env)
+    assert _ran_stages(exp.stdout) == {"report"}
+
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["nanomorph"], output_format="list")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = {r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} <= parents
+    assert {r.data.tags["nanomorph.stage"] for r in children} >= {"fetch", "probe", "segment", "report"}
+    assert all(r.data.tags["git_commit"] != "unknown" for r in children)
