@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from nanomorph.ssl.views import make_view_transform, two_views
+
+
+def test_two_views_shapes_and_range():
+    batch = torch.rand(5, 1, 48, 40)
+    v1, v2 = two_views(batch, make_view_transform(32))
+    assert v1.shape == v2.shape == (5, 1, 32, 32)
+    assert v1.dtype == torch.float32
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_views_stay_in_unit_range_at_the_extremes(value):
+    # Bright jitter of a white image and contrast jitter of a black one must not leave [0, 1].
+    batch = torch.full((16, 1, 32, 32), value)
+    batch[:, :, ::2] = 1.0 - value
+    v1, v2 = two_views(batch, make_view_transform(24, jitter_p=1.0, brightness=0.9, contrast=0.9))
+    assert v1.min() >= 0 and v1.max() <= 1 and v2.min() >= 0 and v2.max() <= 1
+
+
+def test_every_image_and_view_gets_its_own_random_parameters():
+    ramp = torch.linspace(0, 1, 64).expand(64, 64)
+    batch = ramp.expand(8, 1, 64, 64).clone()  # eight identical images
+    torch.manual_seed(0)
+    v1, v2 = two_views(batch, make_view_transform(32))
+    flat = torch.cat([v1, v2]).flatten(1)
+    distinct = {tuple(row.round(decimals=4).tolist()) for row in flat}
+    assert len(distinct) == 16
+
+
+def test_seeded_views_are_reproducible():
+    batch = torch.rand(4, 1, 40, 40)
+    transform = make_view_transform(32)
+    torch.manual_seed(7)
+    first = two_views(batch, transform)
+    torch.manual_seed(7)
+    again = two_views(batch, transform)
+    torch.manual_seed(8)
+    other = two_views(batch, transform)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_crop_covers_a_quarter_to_half_of_the_side():
+    # On a horizontal ramp 0..1 (no flip, no jitter) a view spans a ramp interval as wide as its crop side.
+    side = 128
+    ramp = torch.linspace(0, 1, side).expand(1, side, side).contiguous()
+    transform = make_view_transform(32, crop_side=(0.25, 0.5), flip_p=0.0, jitter_p=0.0)
+    torch.manual_seed(0)
+    spans = torch.tensor([(v := transform(ramp))[0, 0, -1] - v[0, 0, 0] for _ in range(200)])
+    assert spans.min() > 0.25 - 0.03 and spans.max() < 0.5 + 0.01
+    assert spans.max() - spans.min() > 0.15  # the side fraction varies across the whole range
+
+
+def test_rejects_invalid_crop_side():
+    with pytest.raises(ValueError):
+        make_view_transform(32, crop_side=(0.5, 0.25))
