@@ -51,6 +51,7 @@ class PretrainConfig:
     temperature: float
     lambd: float
     projector_dims: tuple[int, ...]
+    optimizer: str
     lr: float
     momentum: float
     weight_decay: float
@@ -62,6 +63,7 @@ class PretrainConfig:
     contrast: float
     checkpoint_every: int
     arch: str
+    source_size: int
     image_size: int
     batch_size: int
     epochs: int

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from nanomorph.models.encoder import Projector, ResNetEncoder, normalise
 from nanomorph.ssl.barlow_twins import barlow_twins_loss
+from nanomorph.ssl.lars import LARS
 from nanomorph.ssl.simclr import nt_xent_loss
 from nanomorph.ssl.views import make_view_transform, two_views
 
@@ -287,8 +288,23 @@ class _Model:
             getattr(self, name).load_state_dict(blob[name])
 
 
-def _build_model(arch: str, projector_dims: tuple[int, ...], seed: int, device: torch.device, lr: float,
-                 momentum: float, weight_decay: float, warmup_steps: int, total_steps: int) -> _Model:
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """The paper's SGD with momentum, LARS (Barlow Twins reference) or AdamW (momentum is AdamW's beta1)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
+
+
+def _build_model(arch: str, projector_dims: tuple[int, ...], seed: int, device: torch.device, optimizer: str,
+                 lr: float, momentum: float, weight_decay: float, warmup_steps: int, total_steps: int) -> _Model:
     with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's generator
         torch.default_generator.manual_seed(seed)  # the modules are initialised on the CPU
         encoder = ResNetEncoder(arch, 1)
@@ -296,12 +312,11 @@ def _build_model(arch: str, projector_dims: tuple[int, ...], seed: int, device: 
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     encoder.to(device, memory_format=memory_format).train()
     projector.to(device).train()
-    optimizer = torch.optim.SGD([*encoder.parameters(), *projector.parameters()], lr=lr, momentum=momentum,
-                                weight_decay=weight_decay)
-    scheduler = LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
+    optim = make_optimizer(optimizer, [*encoder.parameters(), *projector.parameters()], lr, momentum, weight_decay)
+    scheduler = LambdaLR(optim, warmup_cosine(warmup_steps, total_steps))
     # Loss scaling only for fp16; bf16 has float32's exponent range.
     scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device) == torch.float16)
-    return _Model(encoder, projector, optimizer, scheduler, scaler)
+    return _Model(encoder, projector, optim, scheduler, scaler)
 
 
 def _default_view_workers(device: torch.device) -> int:
@@ -326,6 +341,7 @@ def pretrain(
     momentum: float,
     weight_decay: float,
     warmup_epochs: int,
+    optimizer: str = "sgd",
     temperature: float,
     lambd: float,
     projector_dims: tuple[int, ...],
@@ -360,13 +376,13 @@ def pretrain(
     amp_dtype = _amp_dtype(dev)
     run_config = {
         "format": CHECKPOINT_FORMAT, "method": method, "arch": arch, "image_size": image_size, "batch": batch,
-        "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+        "epochs": epochs, "optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "temperature": temperature, "lambd": lambd,
         "projector_dims": list(projector_dims), "crop_side": list(crop_side), "flip_p": flip_p,
         "jitter_p": jitter_p, "brightness": brightness, "contrast": contrast, "seed": seed,
         "data_sha256": hashlib.sha256(data.numpy().data).hexdigest(),
     }
-    model = _build_model(arch, projector_dims, seed, dev, lr, momentum, weight_decay,
+    model = _build_model(arch, projector_dims, seed, dev, optimizer, lr, momentum, weight_decay,
                          warmup_epochs * steps_per_epoch, total_steps)
     transform = make_view_transform(image_size, crop_side, flip_p, jitter_p, brightness, contrast)
 

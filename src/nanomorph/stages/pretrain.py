@@ -46,7 +46,7 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
     generic = accepted(cfg.validate.manifest, "generic")
     if len(generic) < 2:
         raise NanomorphError(f"{cfg.validate.manifest}: fewer than 2 usable pretraining images")
-    images = load_image_stack([Path(x) for x in generic["path"]], p.image_size)
+    images = load_image_stack([Path(x) for x in generic["path"]], p.source_size)
     ckpt = checkpoint_path(method)
     _fresh_or_resumable(ckpt, f"{cfg.params_hash}:{method}")
 
@@ -55,7 +55,8 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
         mlflow.log_param("n_images", len(images))
         result = pretrain(
             images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size, epochs=p.epochs,
-            lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs,
+            optimizer=p.optimizer, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+            warmup_epochs=p.warmup_epochs,
             temperature=p.temperature, lambd=p.lambd, projector_dims=p.projector_dims, crop_side=p.crop_side,
             flip_p=p.flip_p, jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
             checkpoint_path=ckpt, checkpoint_every=p.checkpoint_every, device=best_device(),
