@@ -29,8 +29,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from nanomorph.models.encoder import Projector, ResNetEncoder
-from nanomorph.ssl.train import _amp_dtype, _loss_fn, _train_step, pretrain, warmup_cosine
-from nanomorph.ssl.views import make_view_transform, two_views
+from nanomorph.ssl.train import (TwinEmbedder, _amp_dtype, _loss_fn, _step_views, _train_step, pretrain,
+                                 warmup_cosine)
+from nanomorph.ssl.views import make_view_transform
 
 PROJECTOR_DIMS = (128, 64, 1024)
 
@@ -52,11 +53,12 @@ def ceiling_step_seconds(args: argparse.Namespace) -> list[float]:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss_fn = _loss_fn(args.method, 0.1, 0.005)
     shape = (args.batch_size, 1, args.image_size, args.image_size)
-    views = (torch.rand(shape), torch.rand(shape))
+    views = [(torch.rand(shape), torch.rand(shape))]  # one micro-batch: no gradient accumulation
+    twin = TwinEmbedder(encoder, projector)
     seconds = []
     for _ in range(total):
         started = time.perf_counter()
-        _train_step(encoder, projector, loss_fn, optimizer, scheduler, scaler, views, device, amp_dtype)
+        _train_step(twin, loss_fn, optimizer, scheduler, scaler, views, device, amp_dtype)
         seconds.append(time.perf_counter() - started)  # _train_step ends in loss.item(): the device is synced
     return seconds[args.warmup:]
 
@@ -85,13 +87,14 @@ def loop_step_seconds(args: argparse.Namespace) -> list[float]:
 
 
 def views_step_seconds(args: argparse.Namespace) -> list[float]:
-    """Seconds per step of building one batch's two views alone (the loop's main extra work)."""
+    """Seconds per step of building one batch's two views alone, seeded per image as in the loop (its main
+    extra work)."""
     transform = make_view_transform(args.image_size)
     batch = torch.rand(args.batch_size, 1, args.source_size, args.source_size)
     seconds = []
-    for _ in range(args.warmup + args.steps):
+    for step in range(args.warmup + args.steps):
         started = time.perf_counter()
-        two_views(batch, transform)
+        _step_views(batch, transform, 0, step)
         seconds.append(time.perf_counter() - started)
     return seconds[args.warmup:]
 

@@ -18,6 +18,35 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
         f"nanomorph probe: error: {tmp_path / 'none.yaml'}: no such parameters file (run from the project root)"]
 
 
-def test_planned_command_says_so(capsys):
-    assert main(["predict", "x.png"]) == 2
-    assert "issue #8" in capsys.readouterr().err
+def test_usage_lists_register_and_predict(capsys):
+    assert main(["--help"]) == 0
+    commands = capsys.readouterr().out
+    assert "register" in commands and "predict" in commands
+
+
+def test_predict_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG")
+    cases = {
+        ("predict", str(tmp_path / "absent")): f"{tmp_path / 'absent'}: no such file or folder",
+        ("predict", str(image), "--model", "two@alias@s"):
+            "'two@alias@s' is not a model reference (expected NAME@ALIAS, NAME/VERSION or NAME)",
+        ("predict", str(image)): "no MLflow store at sqlite:///mlflow.db (mlflow.db does not exist); run from the "
+                                 "project root, set MLFLOW_TRACKING_URI or pass --tracking-uri",
+        ("predict", str(tmp_path / "empty_dir")): "no image files (png, jpg, jpeg, tif, tiff) in "
+                                                  f"{tmp_path / 'empty_dir'}",
+    }
+    (tmp_path / "empty_dir").mkdir()
+    for argv, message in cases.items():
+        assert main(list(argv)) == 2, argv
+        assert capsys.readouterr().err.strip().splitlines() == [f"nanomorph predict: error: {message}"]
+    assert not (tmp_path / "mlflow.db").exists()  # the missing store was reported, not created
+
+
+def test_predict_error_has_no_traceback_in_a_subprocess(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "nanomorph.cli", "predict", "missing.png"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["nanomorph predict: error: missing.png: no such file or folder"]

@@ -1,4 +1,4 @@
-"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs)."""
+"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs), and `predict`."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ COMMANDS = {
     "probe": "nanomorph.stages.probe",
     "segment": "nanomorph.stages.segment",
     "analyse": "nanomorph.stages.analyse",
+    "register": "nanomorph.stages.register",
     "report": "nanomorph.stages.report",
+    "predict": "nanomorph.predict",
 }
-PLANNED = {"predict": "applying registered models to new images arrives with the model registry (issue #8)"}
 
 USAGE = f"""usage: nanomorph <command> [options]
 
-commands: {', '.join([*COMMANDS, *PLANNED])}
+commands: {', '.join(COMMANDS)}
 Run `nanomorph <command> --help` for a command's options; the whole pipeline is `dvc repro`."""
 
 
@@ -28,9 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command in PLANNED:
-        print(f"nanomorph {command}: not available yet: {PLANNED[command]}", file=sys.stderr)
-        return 2
     if command not in COMMANDS:
         print(f"nanomorph: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2

@@ -22,26 +22,115 @@ PROFILES = ("micro", "cpu", "paper")
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    retries: int
+    backoff_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    max_members: int
+    max_member_bytes: int
+    max_total_bytes: int
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    """How class folders, masks and splits are recognised in zenodo and folder source trees."""
+
+    mask_markers: tuple[str, ...]
+    mask_dirs: tuple[str, ...]
+    image_dirs: tuple[str, ...]
+    split_dirs: tuple[str, ...]
+    class_aliases: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ZenodoConfig:
+    api_url: str
+    record: str
+    files: tuple[str, ...]
+    image_suffixes: tuple[str, ...]
+    mask_suffixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cem500kConfig:
+    url: str | None
+    checksum: str | None
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    nanowire_root: str | None
+    nanowire_manifest: str | None
+    generic_root: str | None
+    link: str
+    image_suffixes: tuple[str, ...]
+    mask_suffixes: tuple[str, ...]
+
+
+_DATA_BLOCKS = {"http": HttpConfig, "archive": ArchiveConfig, "layout": LayoutConfig, "zenodo": ZenodoConfig,
+                "cem500k": Cem500kConfig, "folder": FolderConfig}
+
+
+def _block(cls: type, value: Any, where: str) -> Any:
+    """A nested params mapping (e.g. data.zenodo) as its frozen dataclass, with the same key checks as a section."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"params.yaml: {where} must be a mapping, got {value!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    missing, unknown = fields - set(value), set(value) - fields
+    if missing:
+        raise ConfigError(f"params.yaml: {where} lacks {sorted(missing)}")
+    if unknown:
+        raise ConfigError(f"params.yaml: {where} has unknown keys {sorted(unknown)}")
+    return cls(**{k: _tuplify(v) for k, v in value.items()})
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    source: str
+    source: str                # nanowire set: synthetic | zenodo | folder
+    generic_source: str        # pretraining images: synthetic | cem500k | folder
     nanowire_dir: str
     generic_dir: str
+    download_dir: str
     classes: tuple[str, ...]
     seed: int
+    http: HttpConfig
+    archive: ArchiveConfig
+    layout: LayoutConfig
+    zenodo: ZenodoConfig
+    cem500k: Cem500kConfig
+    folder: FolderConfig
     images_per_class: int
     image_size: int
     generic_images: int
     generic_size: int
+
+    def __post_init__(self) -> None:
+        for name, cls in _DATA_BLOCKS.items():
+            object.__setattr__(self, name, _block(cls, getattr(self, name), f"data.{name}"))
+        # YAML reads an unquoted record id as a number; it names a record, so keep it as text.
+        object.__setattr__(self, "zenodo", dataclasses.replace(self.zenodo, record=str(self.zenodo.record)))
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
     min_side: int
     max_side: int
+    max_pixels: int
     min_std: float
     max_saturated_fraction: float
+    hash_size: int
+    near_duplicate_bits: int
+    min_class_ratio: float
+    critical: tuple[str, ...]
     manifest: str
     quarantine: str
+    docs_dir: str
 
 
 @dataclass(frozen=True)
@@ -62,6 +151,9 @@ class PretrainConfig:
     brightness: float
     contrast: float
     checkpoint_every: int
+    accumulate_steps: int
+    compile: bool
+    cache_dir: str
     arch: str
     source_size: int
     image_size: int
@@ -72,11 +164,23 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     encoders: tuple[str, ...]
+    solver: str                  # batched | sklearn | paper (see nanomorph.probe.solvers)
     test_fraction: float
     C: float
+    tol: float
     max_iter: int
+    paper_lr: float
+    paper_batch_size: int
+    paper_epochs: int
+    knn_k: int
+    figure_n: int
+    advisor_budgets: tuple[int, ...]
     labels_per_class: tuple[int, ...]
     split_seeds: int
+    anchor_probes: int
+    advisor_seeds: int
+    advisor_random_draws: int
+    tsne_perplexity: float
 
 
 @dataclass(frozen=True)
@@ -89,6 +193,7 @@ class SegmentConfig:
     seed: int
     train_sizes: tuple[int, ...]
     epochs: tuple[int, ...]
+    object_min_size: int
     image_size: int
     epoch_scale: float
     seeds: int
@@ -109,6 +214,16 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    classifier: str
+    segmenter: str
+    eval_fraction: float
+    eval_seed: int
+    margin: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     experiment: str
     tracking_uri: str
@@ -124,6 +239,7 @@ class Config:
     probe: ProbeConfig
     segment: SegmentConfig
     report: ReportConfig
+    registry: RegistryConfig
     tracking: TrackingConfig
     raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
@@ -181,6 +297,7 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
         probe=_section(raw, "probe", ProbeConfig, profile),
         segment=_section(raw, "segment", SegmentConfig, profile),
         report=_section(raw, "report", ReportConfig, profile),
+        registry=_section(raw, "registry", RegistryConfig, profile),
         tracking=_section(raw, "tracking", TrackingConfig, profile),
         raw=raw,
     )

@@ -68,6 +68,17 @@ def test_palette_png(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), indices > 0)
 
 
+def test_bilevel_gray_alpha_and_16bit_rgb_tiff(tmp_path):
+    Image.fromarray(GRAY8 > 100).save(tmp_path / "bw.png")  # mode "1"
+    np.testing.assert_array_equal(read_image(tmp_path / "bw.png"), (GRAY8 > 100).astype(np.float32))
+    la = Image.fromarray(np.dstack([GRAY8, np.zeros_like(GRAY8)]), mode="LA")  # alpha is ignored
+    la.save(tmp_path / "la.png")
+    np.testing.assert_allclose(read_image(tmp_path / "la.png"), GRAY8 / 255, atol=1e-7)
+    rgb16 = (RGB.astype(np.uint16) * 257)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    np.testing.assert_allclose(read_image(tmp_path / "rgb16.tif"), rgb2gray(RGB / 255), atol=1e-6)
+
+
 def test_jpeg(tmp_path):
     smooth = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
     Image.fromarray(smooth).save(tmp_path / "g.jpg", quality=95)

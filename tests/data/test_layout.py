@@ -1,8 +1,18 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from nanomorph.data.layout import Sample, find_images, find_nanowire_dataset
+from nanomorph.data.layout import (
+    Sample,
+    display_path,
+    find_images,
+    find_nanowire_dataset,
+    scan_nanowire_dataset,
+    utf8_safe_name,
+)
 from nanomorph.errors import NanomorphError
 
 
@@ -49,3 +59,23 @@ def test_find_images_walks_the_tree(tmp_path):
     assert find_images(tmp_path) == sorted(wanted)
     with pytest.raises(NanomorphError):
         find_images(tmp_path / "absent")
+
+
+def test_masks_in_tiff_and_split_file(tmp_path):
+    a = touch_image(tmp_path / "bundle" / "images" / "a.png")
+    a_mask = touch_image(tmp_path / "bundle" / "labels" / "a.tif")
+    b = touch_image(tmp_path / "bundle" / "images" / "b.png")
+    (tmp_path / "splits.csv").write_text("image,split\nbundle/images/b.png,test\n")
+    samples, empty = scan_nanowire_dataset(tmp_path, ["bundle", "network"])
+    assert samples == [Sample(a, a_mask, "bundle", None), Sample(b, None, "bundle", "test")]
+    assert empty == ["network"]
+    (tmp_path / "splits.csv").write_text("file,fold\n")
+    with pytest.raises(NanomorphError, match="needs the columns image,split"):
+        scan_nanowire_dataset(tmp_path, ["bundle"])
+
+
+def test_utf8_safe_names():
+    assert utf8_safe_name("café.png") == "café.png"
+    undecodable = os.fsdecode(b"caf\xe9 \xff.png")
+    assert utf8_safe_name(undecodable) == "caf%E9 %FF.png"
+    assert display_path(Path("/data") / undecodable) == "/data/caf%E9 %FF.png"

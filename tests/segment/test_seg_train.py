@@ -34,7 +34,7 @@ def test_training_improves_dice_on_held_out_images():
     test_x, test_y = _squares(4, seed=1)
     model = seeded_unet(ARCH, random_encoder(ARCH, seed=0).resnet_state_dict(), True, init_seed=0)
     untrained = _mean_dice(model, test_x, test_y)
-    train_segmenter(model, train_x, train_y, epochs=30, lr=1e-2, batch_size=4, seed=0)
+    train_segmenter(model, train_x, train_y, epochs=20, lr=1e-2, batch_size=4, seed=0)  # reaches 0.95
     trained = _mean_dice(model, test_x, test_y)
     assert trained > 0.8 and trained > untrained + 0.3
 
@@ -72,11 +72,21 @@ def test_sweep_rows_cover_every_run_and_only_test_images():
     images, masks = _squares(10, seed=2)
     strata = np.repeat([0, 1], 5)
     states = {"pretrained": random_encoder(ARCH, seed=1).resnet_state_dict(), "smp_init": None}
+    runs = []
     with pytest.warns(UserWarning, match="skipping size 50"):
         df = segmentation_sweep(
             images, masks, states, arch=ARCH, train_sizes=[1, 2, 50], epochs_for=lambda n: 1, seeds=[0, 1],
             test_fraction=0.4, lr=1e-3, batch_size=2, freeze_encoder=True, strata=strata, progress=False,
+            on_run=runs.append,
         )
+    # The callback sees every run, with the very predictions that were scored.
+    assert sorted((r.encoder, r.seed, r.n) for r in runs) == sorted(
+        (e, s, n) for e in states for s in (0, 1) for n in (1, 2))
+    for run in runs:
+        assert len(run.fit_idx) == run.n and not set(run.fit_idx) & set(run.test_idx)
+        scored = df[(df.encoder == run.encoder) & (df.seed == run.seed) & (df.n == run.n)].set_index("image_index")
+        for i, p in zip(run.test_idx, run.pred):
+            assert scored.loc[i, "dice"] == dice_iou(p, masks[i])[0]
     assert list(df.columns) == ["encoder", "seed", "n", "image_index", "dice", "iou"]
     assert len(df) == 2 * 2 * 2 * 4  # encoders x seeds x sizes x test images
     for seed in (0, 1):

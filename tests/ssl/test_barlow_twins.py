@@ -50,3 +50,19 @@ def test_gradient_flows_to_both_views():
     barlow_twins_loss(z1, z2).backward()
     for grad in (z1.grad, z2.grad):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_groups_standardise_each_block_on_its_own():
+    """groups=2 is what two ranks compute: each block standardised separately, c summed over the blocks."""
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    shifted = torch.cat([z1[:4], 10 * z1[4:] + 3])  # per-block affine change: invisible to per-block statistics
+    assert torch.allclose(barlow_twins_loss(z1, z2, groups=2), barlow_twins_loss(shifted, z2, groups=2), rtol=1e-4)
+    assert not torch.allclose(barlow_twins_loss(z1, z2), barlow_twins_loss(shifted, z2), rtol=1e-2)
+
+    def standardise(block):
+        return (block - block.mean(0)) / torch.sqrt(block.var(0, unbiased=False) + 1e-5)
+
+    c = sum(standardise(a).T @ standardise(b) for a, b in zip(z1.split(4), z2.split(4))) / 8
+    expected = (torch.diagonal(c) - 1).pow(2).sum() + 0.005 * (c - torch.diag(torch.diagonal(c))).pow(2).sum()
+    assert torch.allclose(barlow_twins_loss(z1, z2, groups=2), expected, rtol=1e-5)

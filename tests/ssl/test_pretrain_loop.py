@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from nanomorph.models.encoder import random_encoder
-from nanomorph.ssl.train import pretrain, warmup_cosine
+from nanomorph.models.encoder import Projector, ResNetEncoder, normalise, random_encoder
+from nanomorph.ssl.simclr import nt_xent_loss
+from nanomorph.ssl.train import _epoch_order, _step_views, pretrain, warmup_cosine
+from nanomorph.ssl.views import make_view_transform
 
 SETTINGS = dict(
     arch="resnet18", image_size=32, batch_size=8, lr=0.2, momentum=0.9, weight_decay=1e-6, warmup_epochs=0,
@@ -45,6 +47,16 @@ def textures(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     waves = np.sin(2 * np.pi * freq[:, None, None] * (np.cos(angle)[:, None, None] * x
                                                      + np.sin(angle)[:, None, None] * y) + phase[:, None, None])
     return np.clip(0.5 + 0.3 * waves + 0.1 * rng.standard_normal((n, size, size)), 0, 1).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a busy machine two threads contending
+    for cores make every step many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture
@@ -138,4 +150,98 @@ def test_views_built_in_workers_give_the_same_run(deterministic):
     in_process = pretrain(textures(16), **settings, view_workers=0)
     in_workers = pretrain(textures(16), **settings, view_workers=2)
     expected, got = in_process.encoder.state_dict(), in_workers.encoder.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_at_step_3(metrics, step):
+    if step == 3:  # after step 2's checkpoint, before step 4's
+        raise _Interrupted
+
+
+def test_accumulation_steps_along_the_mean_gradient_of_its_micro_batches(deterministic):
+    """accumulate_steps=2: each optimiser step = the mean loss of two 4-image micro-batches, whose negatives
+    come from the micro-batch alone; the LR schedule and the logs count optimiser steps."""
+    images = textures(16, size=16)  # 2 optimiser steps of 2 micro-batches of 4
+    settings = dict(SETTINGS, method="simclr", optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0,
+                    batch_size=4, epochs=1, image_size=16, checkpoint_path=None, checkpoint_every=0)
+    logged = []
+    result = pretrain(images, **settings, accumulate_steps=2, log_fn=lambda m, s: logged.append((s, m)))
+    step_logs = [(s, m) for s, m in logged if "loss" in m]
+    assert [s for s, _ in step_logs] == [1, 2]
+    assert [m["lr"] for _, m in step_logs] == [0.05, pytest.approx(0.025)]  # cosine over 2 optimiser steps
+
+    # The same two steps by hand, from the loop's initialisation, shuffle and per-position views.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder, projector = ResNetEncoder("resnet18", 1), Projector(512, (128, 64, 1024))
+    params = [*encoder.parameters(), *projector.parameters()]
+    initial = {k: v.detach().clone() for k, v in encoder.named_parameters()}
+    transform = make_view_transform(16)
+    data = torch.from_numpy(images).unsqueeze(1)
+    order = _epoch_order(16, seed=0, epoch=0)
+    for step in range(2):
+        rows = order[8 * step:8 * step + 8]
+        losses = []
+        for first in (0, 4):
+            v1, v2 = _step_views(data[rows[first:first + 4]], transform, 0, step, first)
+            losses.append(nt_xent_loss(projector(encoder(normalise(v1))), projector(encoder(normalise(v2))), 0.1))
+        grads = torch.autograd.grad(torch.stack(losses).mean(), params)
+        lr = 0.05 * warmup_cosine(0, 2)(step)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= lr * g
+        # Step 1 starts from identical weights; step 2 from weights that differ by rounding.
+        tolerance = 1e-6 if step == 0 else 1e-4
+        assert step_logs[step][1]["loss"] == pytest.approx(torch.stack(losses).mean().item(), rel=tolerance)
+    # Summation order differs (two backward passes vs one), so the weights agree to rounding noise amplified
+    # by the second step: measured 1.5e-5 where the two steps moved them by up to 43 (step-2 loss: 1.7e-5
+    # relative).
+    expected, got = dict(encoder.named_parameters()), dict(result.encoder.named_parameters())
+    moved = max((expected[k].double() - initial[k]).abs().max().item() for k in expected)
+    difference = max((expected[k].double() - got[k].detach()).abs().max().item() for k in expected)
+    assert difference < 1e-4 * moved
+
+
+def test_resume_with_accumulation_replays_the_uninterrupted_run(tmp_path, deterministic):
+    settings = dict(SETTINGS, method="barlow_twins", batch_size=4, accumulate_steps=2, epochs=2, checkpoint_every=2,
+                    image_size=16)
+    images = textures(16, size=16)  # 2 optimiser steps per epoch, 4 in all
+    reference = pretrain(images, **settings, checkpoint_path=None)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(_Interrupted):
+        pretrain(images, **settings, checkpoint_path=ckpt, log_fn=_interrupt_at_step_3)
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    resumed = pretrain(images, **settings, checkpoint_path=ckpt)
+    expected, got = reference.encoder.state_dict(), resumed.encoder.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history]
+    with pytest.raises(ValueError, match="accumulate_steps"):  # another accumulation is another run
+        pretrain(images, **dict(settings, accumulate_steps=1, batch_size=8), checkpoint_path=ckpt)
+
+
+def test_batch_layout_is_checked():
+    settings = dict(SETTINGS, method="simclr", epochs=1, checkpoint_path=None, checkpoint_every=0)
+    with pytest.raises(ValueError, match="fewer than one optimiser step"):
+        pretrain(textures(8), **dict(settings, batch_size=8), accumulate_steps=2)
+    with pytest.raises(ValueError, match="BatchNorm group"):
+        pretrain(textures(8), **dict(settings, batch_size=8), bn_groups=8)
+
+
+def test_compiled_model_gives_the_eager_run(deterministic):
+    """compile_model runs the encoder + projector through torch.compile; with the `aot_eager` backend (traced
+    forward and backward graphs, no code generation, so the test stays fast) the run is unchanged."""
+    from torch._dynamo.utils import counters
+
+    settings = dict(SETTINGS, method="simclr", batch_size=8, epochs=1, image_size=16, checkpoint_path=None,
+                    checkpoint_every=0)
+    eager = pretrain(textures(8, size=16), **settings)
+    counters.clear()
+    compiled = pretrain(textures(8, size=16), **settings, compile_model="aot_eager")
+    assert counters["stats"]["unique_graphs"] >= 1
+    expected, got = eager.encoder.state_dict(), compiled.encoder.state_dict()
+    assert list(got) == list(expected)  # in-place compile: no "_orig_mod." key prefix
     assert all(torch.equal(expected[k], got[k]) for k in expected)

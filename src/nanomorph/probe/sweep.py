@@ -3,22 +3,33 @@
 For every split seed the data are split once (stratified); the probe for each budget n is fitted on the
 nested n-per-class subset of the TRAIN part only and scored on the whole TEST part. There is no early
 stopping or model selection, so the test part is read only by `predict`.
+
+Tables are tidy: one row per probe. The `encoder` column holds the METHOD label every consumer groups by:
+the encoder's name for its linear probe (`simclr`) and `<encoder>+knn` for the k-NN baseline on the same
+features; `classifier` says which of the two a row is. Several pretraining seeds of one encoder share a
+method label and differ in `encoder_seed`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score, recall_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from tqdm.auto import tqdm
 
-from nanomorph.probe.linear import fit_linear_probe, knn_probe
+from nanomorph.probe.batched import ProbeTask
+from nanomorph.probe.linear import knn_probe
+from nanomorph.probe.solvers import SolverSettings, fit_predict
 from nanomorph.probe.splits import nested_label_subsets, stratified_split
 
 CLASSIFIERS = ("linear", "knn")
 # Columns that identify a group of runs in `summarise_sweep` when the caller has added them.
 GROUP_KEYS = ("encoder", "classifier")
+# Columns that identify one probe of a sweep table.
+SWEEP_KEYS = ("encoder", "classifier", "encoder_seed", "split_seed", "n")
 
 
 def label_budget_runs(
@@ -32,14 +43,6 @@ def label_budget_runs(
             yield int(seed), n, fit_idx, test_idx
 
 
-def _fit(classifier: str, X: np.ndarray, y: np.ndarray, C: float, max_iter: int, seed: int):
-    if classifier == "linear":
-        return fit_linear_probe(X, y, C=C, max_iter=max_iter, seed=seed)
-    if classifier == "knn":
-        return knn_probe(X, y)
-    raise ValueError(f"unknown classifier '{classifier}' (choose from {', '.join(CLASSIFIERS)})")
-
-
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, float]:
     recalls = recall_score(y_true, y_pred, labels=classes, average=None, zero_division=0)
     row = {
@@ -48,6 +51,84 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict
     }
     row.update({f"recall_{c}": float(r) for c, r in zip(classes, recalls)})
     return row
+
+
+def method_name(encoder: str, classifier: str) -> str:
+    """The label a method goes by in tables and figures: `simclr` (linear probe), `simclr+knn`."""
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier '{classifier}' (choose from {', '.join(CLASSIFIERS)})")
+    return encoder if classifier == "linear" else f"{encoder}+{classifier}"
+
+
+@dataclass
+class SweepResult:
+    """The tidy table (one row per probe) and, row for row, each probe's test indices and predicted labels."""
+
+    table: pd.DataFrame
+    predictions: list[tuple[np.ndarray, np.ndarray]]
+
+    def pooled_confusion(self, method: str, n: int, classes: Sequence[str], labels: np.ndarray) -> np.ndarray:
+        """Confusion counts (true x predicted, `classes` order) of `method` at `n`, summed over all its probes."""
+        rows = np.flatnonzero((self.table["encoder"] == method).to_numpy() & (self.table["n"] == n).to_numpy())
+        if rows.size == 0:
+            raise ValueError(f"no probes of method '{method}' at n={n}")
+        total = np.zeros((len(classes), len(classes)), dtype=int)
+        for r in rows:
+            test_idx, y_pred = self.predictions[r]
+            total += confusion_matrix(np.asarray(labels)[test_idx], y_pred, labels=list(classes))
+        return total
+
+
+def probe_sweep(
+    feature_sets: Mapping[tuple[str, int], np.ndarray],
+    labels: np.ndarray,
+    sizes: Sequence[int],
+    split_seeds: Sequence[int],
+    test_fraction: float,
+    settings: SolverSettings | None = None,
+    classifiers: Sequence[str] = ("linear", "knn"),
+    knn_k: int = 5,
+    progress: bool = False,
+) -> SweepResult:
+    """The label-budget sweep of every (encoder, encoder_seed) feature set, all linear probes fitted together.
+
+    Rows: encoder (the method label, see `method_name`), classifier, encoder_seed, split_seed, n, accuracy,
+    macro_f1, recall_<class>. The splits and label subsets depend only on the labels and split seed, so every
+    method is scored on exactly the same runs.
+    """
+    settings = settings or SolverSettings()
+    labels = np.asarray(labels).astype(str)
+    classes = np.unique(labels)
+    codes = np.searchsorted(classes, labels)
+    for key, features in feature_sets.items():
+        if len(features) != len(labels):
+            raise ValueError(f"feature set {key!r} has {len(features)} rows for {len(labels)} labels")
+    for classifier in classifiers:
+        method_name("x", classifier)
+    runs = list(label_budget_runs(labels, sizes, split_seeds, test_fraction))
+    keys = list(feature_sets)
+    meta = [(key, seed, n, fit_idx, test_idx) for key in keys for seed, n, fit_idx, test_idx in runs]
+    by_classifier: dict[str, list[np.ndarray]] = {}
+    if "linear" in classifiers:
+        tasks = [ProbeTask(key, fit_idx, test_idx, seed) for key, seed, n, fit_idx, test_idx in meta]
+        codes_pred = fit_predict(feature_sets, codes, len(classes), tasks, settings, progress=progress,
+                                 desc=f"probe sweep ({settings.solver})")
+        by_classifier["linear"] = [classes[c] for c in codes_pred]
+    if "knn" in classifiers:
+        by_classifier["knn"] = [
+            knn_probe(feature_sets[key][fit_idx], labels[fit_idx], k=knn_k).predict(feature_sets[key][test_idx])
+            for key, seed, n, fit_idx, test_idx in tqdm(meta, desc="k-NN sweep", disable=not progress, leave=False)
+        ]
+    rows, predictions = [], []
+    for classifier in classifiers:
+        for (key, seed, n, fit_idx, test_idx), y_pred in zip(meta, by_classifier[classifier]):
+            encoder, encoder_seed = key
+            rows.append({"encoder": method_name(encoder, classifier), "classifier": classifier,
+                         "encoder_seed": int(encoder_seed), "split_seed": seed, "n": n,
+                         **_scores(labels[test_idx], y_pred, classes)})
+            predictions.append((test_idx, np.asarray(y_pred)))
+    columns = [*SWEEP_KEYS, "accuracy", "macro_f1", *(f"recall_{c}" for c in classes)]
+    return SweepResult(pd.DataFrame(rows, columns=columns), predictions)
 
 
 def label_budget_sweep(
@@ -59,22 +140,19 @@ def label_budget_sweep(
     C: float = 1.0,
     max_iter: int = 1000,
     classifier: str = "linear",
+    solver: str = "batched",
+    tol: float = 1e-8,
 ) -> pd.DataFrame:
-    """One row per (split_seed, n): split_seed, n, accuracy, macro_f1, recall_<class> for every class."""
+    """One feature matrix, one classifier: rows split_seed, n, accuracy, macro_f1, recall_<class>."""
     features = np.asarray(features)
-    labels = np.asarray(labels).astype(str)
     if len(features) != len(labels):
         raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier '{classifier}' (choose from {', '.join(CLASSIFIERS)})")
-    classes = np.unique(labels)
-    rows = []
-    for seed, n, fit_idx, test_idx in label_budget_runs(labels, sizes, split_seeds, test_fraction):
-        model = _fit(classifier, features[fit_idx], labels[fit_idx], C, max_iter, seed)
-        y_pred = model.predict(features[test_idx])
-        rows.append({"split_seed": seed, "n": n, **_scores(labels[test_idx], y_pred, classes)})
-    columns = ["split_seed", "n", "accuracy", "macro_f1", *(f"recall_{c}" for c in classes)]
-    return pd.DataFrame(rows, columns=columns)
+    settings = SolverSettings(solver=solver, C=C, tol=tol, max_iter=max_iter)
+    result = probe_sweep({("features", 0): features}, labels, sizes, split_seeds, test_fraction, settings,
+                         classifiers=(classifier,))
+    return result.table.drop(columns=["encoder", "classifier", "encoder_seed"]).reset_index(drop=True)
 
 
 def summarise_sweep(df: pd.DataFrame) -> pd.DataFrame:

@@ -8,9 +8,11 @@ is early-stopped or selected on the test images.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import segmentation_models_pytorch as smp
 import torch
 from tqdm.auto import tqdm
 
@@ -20,6 +22,22 @@ from nanomorph.segment.model import build_unet
 from nanomorph.segment.train import predict_masks, train_segmenter
 
 COLUMNS = ["encoder", "seed", "n", "image_index", "dice", "iou"]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One finished (encoder, seed, n) run, as handed to `segmentation_sweep`'s `on_run` callback.
+
+    `pred` holds the boolean test masks in the order of `test_idx`; `model` is the trained U-Net (eval mode).
+    """
+
+    encoder: str
+    seed: int
+    n: int
+    fit_idx: np.ndarray
+    test_idx: np.ndarray
+    model: smp.Unet
+    pred: np.ndarray
 
 
 def seeded_unet(arch: str, encoder_state: dict | None, freeze_encoder: bool, init_seed: int):
@@ -54,12 +72,14 @@ def segmentation_sweep(
     strata: np.ndarray | None = None,
     device: str = "cpu",
     progress: bool = True,
+    on_run: Callable[[SweepRun], None] | None = None,
 ) -> pd.DataFrame:
     """Rows (encoder, seed, n, image_index, dice, iou): one per test image per (encoder, seed, n) run.
 
     `image_index` indexes `images`. Sizes larger than the train part are skipped with a warning. The
     seed drives the split, the subset draw, the U-Net initialisation and the training shuffles/flips,
-    identically for every encoder.
+    identically for every encoder. `on_run`, when given, receives every finished run (model and test
+    predictions included), e.g. to keep the predictions of some runs for further analysis.
     """
     images = np.asarray(images, dtype=np.float32)
     masks = np.asarray(masks)
@@ -79,4 +99,6 @@ def segmentation_sweep(
         )
         pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device)
         rows.extend(_score_rows(name, seed, n, test_idx, pred, masks))
+        if on_run is not None:
+            on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))
     return pd.DataFrame(rows, columns=COLUMNS)

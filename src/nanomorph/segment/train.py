@@ -90,10 +90,10 @@ def train_segmenter(
     return model
 
 
-def predict_masks(
+def predict_probabilities(
     model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu"
 ) -> np.ndarray:
-    """Boolean (N, H, W) masks: sigmoid(logit) > 0.5, without gradients; leaves the model in eval mode.
+    """Float32 (N, H, W) sigmoid(logit) maps, without gradients; leaves the model in eval mode.
 
     (Eval mode is not undone afterwards: a blanket model.train() would also unfreeze a frozen encoder's
     BatchNorm; `train_segmenter` sets the right modes itself.)
@@ -105,7 +105,15 @@ def predict_masks(
     with torch.no_grad():
         for start in range(0, len(x_all), batch_size):
             logits = model(x_all[start : start + batch_size].to(device))
-            out.append((torch.sigmoid(logits) > 0.5).squeeze(1).cpu().numpy())
+            out.append(torch.sigmoid(logits).squeeze(1).float().cpu().numpy())
     if not out:
-        return np.zeros((0, *x_all.shape[2:]), dtype=bool)
+        return np.zeros((0, *x_all.shape[2:]), dtype=np.float32)
     return np.concatenate(out)
+
+
+def predict_masks(
+    model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Boolean (N, H, W) masks: `predict_probabilities` > threshold (0.5: the logit's sign)."""
+    return predict_probabilities(model, images, batch_size, device) > threshold

@@ -2,10 +2,13 @@
 
 Each embedding dimension is standardised over the batch, the cross-correlation matrix c of the two views is
 formed, and the loss drives c towards the identity: invariance (diagonal -> 1) plus lambda-weighted
-redundancy reduction (off-diagonal -> 0). Follows facebookresearch/barlowtwins main.py, where each rank
-standardises its own batch (its BatchNorm is not synchronised) and c is summed over ranks and divided by the
-global batch size. Here the sum is an autograd-aware all_reduce, so each rank's gradient is the exact
-gradient of the global loss (DDP then averages identical copies) instead of the reference's 1/world-size share.
+redundancy reduction (off-diagonal -> 0). Under torch.distributed each rank standardises its own batch and c
+is summed over ranks and divided by the global batch size, as in facebookresearch/barlowtwins main.py
+(whose standardisation is a SyncBatchNorm; here it stays per rank, like the encoder's BatchNorm, since
+SyncBatchNorm refuses CPU tensors -- see ssl/train.py). The sum is an autograd-aware all_reduce, so after
+DDP's gradient averaging every rank holds the exact gradient of the global loss.
+
+`groups` standardises equal blocks of rows separately: one process computing what `groups` ranks compute.
 """
 
 from __future__ import annotations
@@ -25,9 +28,21 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.005) -> torch.Tensor:
-    """Barlow Twins loss of two (N, D) batches of projections, where z1[i] and z2[i] are views of one image."""
-    z1n, z2n = _standardise(z1.float()), _standardise(z2.float())  # float32 even under autocast
+def _standardise_blocks(z: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return _standardise(z)
+    if len(z) % groups:
+        raise ValueError(f"{len(z)} rows do not split into {groups} equal standardisation groups")
+    return torch.cat([_standardise(block) for block in z.chunk(groups)])
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.005, groups: int = 1) -> torch.Tensor:
+    """Barlow Twins loss of two (N, D) batches of projections, where z1[i] and z2[i] are views of one image.
+
+    With `groups` > 1 each of that many equal row blocks is standardised on its own statistics.
+    """
+    # float32 even under autocast
+    z1n, z2n = _standardise_blocks(z1.float(), groups), _standardise_blocks(z2.float(), groups)
     c = z1n.T @ z2n
     batch = torch.tensor(float(z1.shape[0]), device=c.device)
     if _distributed():

@@ -5,11 +5,12 @@ A view is: a random square crop of 25-50 % of the image side resized back to `im
 
 v2 transforms draw ONE set of random parameters per call, so a batched (B, 1, H, W) tensor would get the same
 crop, flip and jitter on every image. `two_views` therefore applies the transform image by image. The
-training loop (train.py) builds each step's views under a (seed, step) seed, in the training process by
-default on CPU -- there they cost ~3.5 % of a step (benchmarks/pretrain_throughput.py: 15 ms of 0.43 s for
-resnet18, 64 px, batch 64 on 2 cores) and DataLoader workers would take cores from the model -- and in
-DataLoader workers ahead of the trainer on CUDA, where the model step is short. Being seeded per step, the
-views are the same either way.
+training loop (train.py) builds each image's views under a (seed, step, position in the step's batch) seed,
+in the training process by default on CPU -- there they cost ~3.5 % of a step (benchmarks/
+pretrain_throughput.py: 15 ms of 0.43 s for resnet18, 64 px, batch 64 on 2 cores) and DataLoader workers
+would take cores from the model -- and in DataLoader workers ahead of the trainer on CUDA, where the model
+step is short. Being seeded per image, the views are the same either way, and whichever DDP rank or
+accumulation micro-batch embeds the image.
 """
 
 from __future__ import annotations

@@ -1,21 +1,41 @@
-"""Stage `pretrain`: self-supervised pretraining of one method (dvc runs it once per method via foreach)."""
+"""Stage `pretrain`: self-supervised pretraining of one method (dvc runs it once per method via foreach).
+
+Images: the validated generic images of the manifest, or with `--images DIR` every image file anywhere under
+DIR (png, jpg, jpeg, tif, tiff; 8/16-bit, gray or colour) -- a lab's own images -- where files that cannot be
+decoded are reported by name and skipped. Either way they are decoded once into the content-keyed cache
+(`pretrain.cache_dir`, nanomorph.data.cache) and memory-mapped on later runs.
+
+Distributed: under torchrun (WORLD_SIZE > 1 in the environment) each process joins the process group from
+the environment (nccl on CUDA, one GPU per local rank; gloo on CPU) and runs one DDP rank of the same
+training (nanomorph.ssl.train); `batch_size` stays the global batch. Only rank 0 opens the MLflow run, shows
+progress and writes the checkpoint, encoder and metric files.
+
+    torchrun --nproc_per_node 4 -m nanomorph.stages.pretrain --method barlow_twins
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
+import torch.distributed as dist
 
 from nanomorph.config import Config
-from nanomorph.data.io import load_image_stack
+from nanomorph.data.cache import CachedImages, cached_images
+from nanomorph.data.layout import IMAGE_SUFFIXES, find_images
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import save_encoder
-from nanomorph.ssl.train import pretrain
+from nanomorph.ssl.train import CHECKPOINT_FORMAT, pretrain
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json
 
 METHODS = ("simclr", "barlow_twins")
@@ -29,6 +49,46 @@ def checkpoint_path(method: str) -> Path:
     return Path("models/checkpoints") / method / "last.pt"
 
 
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the (possibly one-process) job and the device it trains on."""
+
+    rank: int
+    local_rank: int
+    world: int
+    device: str
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            on_gpu = self.device.startswith("cuda")
+            dist.barrier(device_ids=[self.local_rank] if on_gpu else None)
+
+
+@contextlib.contextmanager
+def distributed_process() -> Iterator[Process]:
+    """Join torchrun's process group when WORLD_SIZE > 1 (rendezvous from MASTER_ADDR/PORT, RANK, ...)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield Process(0, 0, 1, best_device())
+        return
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    joined_here = not dist.is_initialized()
+    if joined_here:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield Process(dist.get_rank(), local_rank, dist.get_world_size(), f"cuda:{local_rank}" if cuda else "cpu")
+    finally:
+        if joined_here:
+            dist.destroy_process_group()
+
+
 def _fresh_or_resumable(ckpt: Path, fingerprint: str) -> None:
     """Keep a checkpoint only if it was written under the same params; a killed run then resumes from it."""
     stamp = ckpt.with_name("params_hash.json")
@@ -39,47 +99,97 @@ def _fresh_or_resumable(ckpt: Path, fingerprint: str) -> None:
     stamp.write_text(json.dumps({"params_hash": fingerprint}))
 
 
+def _image_files(cfg: Config, folder: Path | None) -> list[Path]:
+    if folder is not None:
+        paths = find_images(folder)
+        if not paths:
+            raise NanomorphError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) anywhere under it")
+        return paths
+    generic = accepted(cfg.validate.manifest, "generic")
+    return [Path(x) for x in generic["path"]]
+
+
+def load_pretraining_images(cfg: Config, folder: Path | None, process: Process) -> CachedImages:
+    """The pretraining images at `pretrain.source_size` through the cache; a folder's unreadable files skipped.
+
+    Local rank 0 of each node fills the cache first and the node's other ranks then read its entry, so a
+    set is decoded once per node. Manifest images passed validation, so an unreadable one there is an error.
+    """
+    paths = _image_files(cfg, folder)
+    if process.local_rank != 0:
+        process.barrier()
+    data = cached_images(paths, cfg.pretrain.source_size, cfg.pretrain.cache_dir, skip_unreadable=folder is not None)
+    if process.local_rank == 0:
+        process.barrier()
+    if process.main and data.skipped:
+        print(f"skipped {len(data.skipped)} of {len(paths)} image files that could not be decoded:", file=sys.stderr)
+        for path, reason in data.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    if len(data.images) < 2:
+        source = folder if folder is not None else cfg.validate.manifest
+        raise NanomorphError(f"{source}: fewer than 2 usable pretraining images ({len(data.images)})")
+    return data
+
+
 def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
     method, p = args.method, cfg.pretrain
     if method not in METHODS:
         raise NanomorphError(f"unknown pretraining method '{method}' (choose from {', '.join(METHODS)})")
-    generic = accepted(cfg.validate.manifest, "generic")
-    if len(generic) < 2:
-        raise NanomorphError(f"{cfg.validate.manifest}: fewer than 2 usable pretraining images")
-    images = load_image_stack([Path(x) for x in generic["path"]], p.source_size)
-    ckpt = checkpoint_path(method)
-    _fresh_or_resumable(ckpt, f"{cfg.params_hash}:{method}")
+    with distributed_process() as process:
+        data = load_pretraining_images(cfg, args.images, process)
+        ckpt = checkpoint_path(method)
+        if process.main:
+            # The world size fixes the BatchNorm group size, so another one is another run; so is another
+            # checkpoint format (a checkpoint the loop would refuse is discarded here instead).
+            _fresh_or_resumable(ckpt, f"{cfg.params_hash}:{method}:{data.key}:world{process.world}:"
+                                      f"format{CHECKPOINT_FORMAT}")
+        process.barrier()
+        with tracked(cfg, f"pretrain-{method}", ("pretrain",)) if process.main else contextlib.nullcontext():
+            if process.main:
+                mlflow.set_tag("nanomorph.method", method)
+                mlflow.log_params({"n_images": len(data.images), "n_skipped_files": len(data.skipped),
+                                   "image_source": str(args.images) if args.images else "manifest",
+                                   "image_cache_key": data.key, "world_size": process.world})
+            result = pretrain(
+                data.images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size,
+                epochs=p.epochs, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
+                weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, temperature=p.temperature,
+                lambd=p.lambd, projector_dims=p.projector_dims, crop_side=p.crop_side, flip_p=p.flip_p,
+                jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
+                checkpoint_path=ckpt, checkpoint_every=p.checkpoint_every, device=process.device,
+                accumulate_steps=p.accumulate_steps, compile_model=p.compile,
+                log_fn=(lambda metrics, step: mlflow.log_metrics(metrics, step=step)) if process.main else None,
+                progress=process.main,
+            )
+            if process.main:
+                _write_outputs(method, p.image_size, p.epochs, cfg.params_hash, data, result)
 
-    with tracked(cfg, f"pretrain-{method}", ("pretrain",)):
-        mlflow.set_tag("nanomorph.method", method)
-        mlflow.log_param("n_images", len(images))
-        result = pretrain(
-            images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size, epochs=p.epochs,
-            optimizer=p.optimizer, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-            warmup_epochs=p.warmup_epochs,
-            temperature=p.temperature, lambd=p.lambd, projector_dims=p.projector_dims, crop_side=p.crop_side,
-            flip_p=p.flip_p, jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
-            checkpoint_path=ckpt, checkpoint_every=p.checkpoint_every, device=best_device(),
-            log_fn=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
-        )
-        path = save_encoder(encoder_path(method), result.encoder, {
-            "method": method, "image_size": p.image_size, "epochs": p.epochs, "n_images": len(images),
-            "params_hash": cfg.params_hash,
-        })
-        mlflow.log_artifact(str(path), artifact_path="encoder")
-        history = pd.DataFrame(result.history)
-        history_path = Path("metrics") / f"pretrain_{method}_history.csv"
-        history_path.parent.mkdir(parents=True, exist_ok=True)
-        history.to_csv(history_path, index=False)
-        mlflow.log_artifact(str(history_path))
-        last = result.history[-1]
-        write_json(Path("metrics") / f"pretrain_{method}.json", {
-            k: float(last[k]) for k in ("loss", "embedding_std", "effective_rank", "images_per_s") if k in last
-        })
+
+def _write_outputs(method: str, image_size: int, epochs: int, params_hash: str, data: CachedImages,
+                   result) -> None:
+    path = save_encoder(encoder_path(method), result.encoder, {
+        "method": method, "image_size": image_size, "epochs": epochs, "n_images": len(data.images),
+        "params_hash": params_hash, "image_cache_key": data.key,
+    })
+    mlflow.log_artifact(str(path), artifact_path="encoder")
+    history_path = Path("metrics") / f"pretrain_{method}_history.csv"
+    history_path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(result.history).to_csv(history_path, index=False)
+    mlflow.log_artifact(str(history_path))
+    if data.skipped:
+        mlflow.log_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped), "skipped_images.tsv")
+    last = result.history[-1]
+    write_json(Path("metrics") / f"pretrain_{method}.json", {
+        **{k: float(last[k]) for k in ("loss", "embedding_std", "effective_rank", "images_per_s") if k in last},
+        "n_images": len(data.images), "n_skipped_files": len(data.skipped),
+    })
 
 
 def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--images", type=Path, default=None, metavar="DIR",
+                        help="pretrain on every image file under DIR instead of the manifest's generic images "
+                             "(undecodable files are reported and skipped)")
 
 
 def main(argv: list[str] | None = None) -> int:

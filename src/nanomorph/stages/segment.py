@@ -1,4 +1,12 @@
-"""Stage `segment`: few-shot U-Net sweep with transferred, frozen encoders; per-image dice and IoU."""
+"""Stage `segment`: few-shot U-Net sweep with transferred, frozen encoders; per-image dice and IoU.
+
+After the sweep, the test-set predictions of one model -- the encoder with the highest median test dice at
+the largest training-set size, first seed -- are analysed as the paper's downstream tasks would use them:
+percolation verdicts (dispersed vs network) and pixel densities from PREDICTED masks against the labels and
+the true masks, and per-object statistics of both. The masks are compared at the sweep's `image_size`, the
+resolution the model was trained and evaluated at. Because that encoder is picked by its test dice, these
+numbers describe that model; they are not an unbiased estimate for a model chosen in advance.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,82 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 
 from nanomorph.config import Config
 from nanomorph.data.io import load_image_stack, load_mask_stack
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
-from nanomorph.segment.sweep import segmentation_sweep
+from nanomorph.report.figures import grouped_boxplot
+from nanomorph.segment.figures import overlay_figure
+from nanomorph.segment.morphology import morphology_agreement, morphology_table
+from nanomorph.segment.sweep import SweepRun, segmentation_sweep
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json
 from nanomorph.stages.probe import resolve_encoder
+
+FIGURE_DIR = Path("figures/segment")
+MORPHOLOGY_CSV = Path("metrics/segment_morphology.csv")
+
+
+class LargestRunPredictions:
+    """`on_run` callback keeping, per encoder, the test predictions of its largest-n run of one seed."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.runs: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # encoder -> (n, test_idx, pred)
+
+    def __call__(self, run: SweepRun) -> None:
+        if run.seed == self.seed and (run.encoder not in self.runs or run.n >= self.runs[run.encoder][0]):
+            self.runs[run.encoder] = (run.n, run.test_idx, run.pred)
+
+
+def best_encoder(results: pd.DataFrame, encoders: tuple[str, ...]) -> tuple[str, int]:
+    """(encoder, n): highest median dice at the largest n; ties go to the encoder listed first."""
+    n_max = int(results["n"].max())
+    medians = results[results["n"] == n_max].groupby("encoder")["dice"].median()
+    return max((name for name in encoders if name in medians), key=lambda name: medians[name]), n_max
+
+
+def median_example(scores: pd.DataFrame) -> int:
+    """Row position (in `scores`) of the image whose dice is closest to its group's median."""
+    return int(np.argmin(np.abs(scores["dice"].to_numpy() - scores["dice"].median())))
+
+
+def _flat_metrics(prefix: str, values: dict) -> dict[str, float]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_metrics(f"{prefix}{key}.", value))
+        elif value is not None and not (isinstance(value, float) and np.isnan(value)):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def write_figures(results: pd.DataFrame, best: dict, images: np.ndarray, masks: np.ndarray, pred: np.ndarray,
+                  test_idx: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> list[Path]:
+    """Dice and IoU box plots over training-set sizes, and one overlay per class (its median-dice image)."""
+    FIGURE_DIR.mkdir(parents=True, exist_ok=True)
+    # The stage owns figures/segment: overlays of classes absent from this run's test split must not linger.
+    for stale in FIGURE_DIR.glob("*.png"):
+        stale.unlink()
+    paths = [
+        grouped_boxplot(results, value, "training images", f"per-image {value}",
+                        f"U-Net with transferred frozen encoder: test {value}",
+                        FIGURE_DIR / f"{value}_vs_train_size.png")
+        for value in ("dice", "iou")
+    ]
+    scores = results[(results["encoder"] == best["encoder"]) & (results["n"] == best["n"])
+                     & (results["seed"] == best["seed"])].set_index("image_index").loc[test_idx].reset_index()
+    test_labels = labels[test_idx]
+    for label in [c for c in classes if c in set(test_labels)]:
+        in_class = np.flatnonzero(test_labels == label)
+        k = in_class[median_example(scores.iloc[in_class])]
+        title = (f"{label}: test image {int(test_idx[k])}, {best['encoder']} encoder, n={best['n']}, "
+                 f"dice {scores['dice'].iloc[k]:.2f}")
+        paths.append(overlay_figure(images[test_idx[k]], masks[test_idx[k]], pred[k],
+                                    FIGURE_DIR / f"overlay_{label}.png", title))
+    return paths
 
 
 def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
@@ -25,13 +101,16 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
         raise NanomorphError(f"{cfg.validate.manifest}: no nanowire images with masks to segment")
     images = load_image_stack([Path(p) for p in rows["path"]], sg.image_size)
     masks = load_mask_stack([Path(p) for p in rows["mask_path"]], sg.image_size)
+    labels = rows["label"].to_numpy(dtype=str)
     states = {name: resolve_encoder(name, pt.arch, pt.seed).resnet_state_dict() for name in sg.encoders}
+    kept = LargestRunPredictions(seed=sg.seed)
     with tracked(cfg, "segment", ("segment",)):
         mlflow.log_params({"arch": pt.arch, "n_images": len(images)})
         results = segmentation_sweep(
             images, masks, states, arch=pt.arch, train_sizes=sg.train_sizes, epochs_for=sg.epochs_for,
             seeds=[sg.seed + k for k in range(sg.seeds)], test_fraction=sg.test_fraction, lr=sg.lr,
-            batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, strata=rows["label"].to_numpy(dtype=str), device=best_device(),
+            batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, strata=labels, device=best_device(),
+            on_run=kept,
         )
         results["image"] = rows["path"].to_numpy()[results["image_index"].to_numpy()]
         results.to_csv("metrics/segment_results.csv", index=False)
@@ -43,11 +122,30 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
                    for n, g in results[results["encoder"] == name].groupby("n")}
             for name in sg.encoders
         }
-        write_json("metrics/segment.json", {"median": metrics})
         for name, per_n in metrics.items():
             for n, values in per_n.items():
                 mlflow.log_metrics({f"{name}.{k}.{n}": v for k, v in values.items()})
+
+        encoder, n_best = best_encoder(results, sg.encoders)
+        n_kept, test_idx, pred = kept.runs[encoder]
+        if n_kept != n_best:  # the largest n of the first seed is the largest n of all seeds (same split sizes)
+            raise NanomorphError(f"segment: kept predictions for n={n_kept}, expected n={n_best}")
+        best = {"encoder": encoder, "n": n_best, "seed": sg.seed,
+                "median_dice": metrics[encoder][f"n{n_best}"]["dice"]}
+        morphology = morphology_table(pred, masks[test_idx], labels[test_idx], min_size=sg.object_min_size)
+        morphology.insert(0, "image", rows["path"].to_numpy()[test_idx])
+        morphology.to_csv(MORPHOLOGY_CSV, index=False)
+        downstream = morphology_agreement(morphology)
+        figures = write_figures(results, best, images, masks, pred, test_idx, labels, cfg.data.classes)
+
+        write_json("metrics/segment.json", {"median": metrics, "best": best, "image_size": sg.image_size,
+                                            **downstream})
+        mlflow.log_params({"best_encoder": encoder, "best_n": n_best})
+        mlflow.log_metrics(_flat_metrics("downstream.", downstream))
         mlflow.log_artifact("metrics/segment_results.csv")
+        mlflow.log_artifact(str(MORPHOLOGY_CSV))
+        for path in figures:
+            mlflow.log_artifact(str(path), artifact_path="figures")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,194 @@
+"""`nanomorph predict`: classify and/or segment image files with registered models.
+
+    nanomorph predict IMAGE_OR_FOLDER... [--model NAME@ALIAS] [--segmenter NAME@ALIAS] [--out DIR]
+
+Folders are searched recursively for png/jpg/jpeg/tif/tiff files; files named on the command line are read
+whatever their suffix. Without --model and --segmenter both champions are used; naming one uses only that
+one. Writes DIR/predictions.csv (file, class, prob_<class>..., density, percolates, objects, overlay), one
+overlay PNG per segmented image (the wire mask in red over the image) under DIR/overlays, and
+DIR/skipped.csv listing every file that could not be used and why. A bad file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from nanomorph.data.io import read_image
+from nanomorph.data.layout import find_images
+from nanomorph.errors import ImageReadError, NanomorphError
+from nanomorph.tracking.registry import ModelRef, parse_model_ref, resolve
+
+DEFAULT_CLASSIFIER = "nanomorph-classifier@champion"
+DEFAULT_SEGMENTER = "nanomorph-segmenter@champion"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+OVERLAY_RGB = np.array([1.0, 0.15, 0.1], dtype=np.float32)
+OVERLAY_ALPHA = 0.45
+
+
+def collect_images(paths: list[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to their image files (recursively); order kept, duplicates dropped."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(find_images(path))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise NanomorphError(f"{path}: no such file or folder")
+    return list(dict.fromkeys(found))
+
+
+def tracking_uri(explicit: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's sqlite store; a missing sqlite file is an
+    error (MLflow would otherwise create an empty store and report every model as absent)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise NanomorphError(f"no MLflow store at {uri} ({db} does not exist); run from the project root, "
+                                 "set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    return uri
+
+
+def load_registered(ref: ModelRef, uri: str):
+    """The pyfunc model `ref` names in the registry at `uri` (a one-line NanomorphError when absent)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    version = resolve(mlflow.MlflowClient(), ref, uri)
+    return mlflow.pyfunc.load_model(f"models:/{ref.name}/{version.version}"), version
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 RGB: the gray image with wire pixels tinted red (alpha blend), same size as the image."""
+    rgb = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=2)
+    rgb[mask] = (1 - OVERLAY_ALPHA) * rgb[mask] + OVERLAY_ALPHA * OVERLAY_RGB
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    name, k = f"{stem}.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}.png"
+    used.add(name)
+    return name
+
+
+@dataclass
+class PredictionRun:
+    table: pd.DataFrame
+    skipped: pd.DataFrame
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# Errors one input can cause while it is read or predicted; anything else is a bug and stops the run.
+_PER_FILE_ERRORS: tuple[type[BaseException], ...] = (ImageReadError, ValueError)
+
+
+def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | None, out_dir: Path,
+                  progress: bool = True) -> PredictionRun:
+    """Run the models on every file; write predictions.csv, skipped.csv and overlays into `out_dir`."""
+    from mlflow.exceptions import MlflowException
+
+    per_file_errors = (*_PER_FILE_ERRORS, MlflowException)
+    if classifier is None and segmenter is None:
+        raise NanomorphError("nothing to do: no classifier and no segmenter")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlay_dir = out_dir / "overlays"
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    used: set[str] = set()
+    bar = tqdm(files, desc="predict", unit="image", disable=not progress)
+    for path in bar:
+        try:
+            image = read_image(path)
+            frame = pd.DataFrame({"image": [image]})
+            row: dict[str, Any] = {"file": str(path)}
+            if classifier is not None:
+                row.update(classifier.predict(frame).iloc[0].to_dict())
+            if segmenter is not None:
+                seg = segmenter.predict(frame).iloc[0]
+                mask = np.asarray(seg["mask"], dtype=bool)
+                row.update(density=float(seg["density"]), percolates=bool(seg["percolates"]),
+                           objects=int(seg["objects"]))
+                overlay_dir.mkdir(exist_ok=True)
+                target = overlay_dir / _unique_name(path.stem, used)
+                Image.fromarray(overlay(image, mask)).save(target)
+                row["overlay"] = str(target)
+        except per_file_errors as exc:
+            reason = exc.reason if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+            skipped.append({"file": str(path), "reason": reason.splitlines()[0]})
+            tqdm.write(f"skipped {path}: {skipped[-1]['reason']}", file=sys.stderr)
+            continue
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    skipped_table = pd.DataFrame(skipped, columns=["file", "reason"])
+    files_written = {"predictions": out_dir / "predictions.csv", "skipped": out_dir / "skipped.csv"}
+    table.to_csv(files_written["predictions"], index=False)
+    skipped_table.to_csv(files_written["skipped"], index=False)
+    return PredictionRun(table, skipped_table, files_written)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nanomorph predict", description="Classify and/or segment images with registered models.",
+        epilog="Without --model and --segmenter both champions are used; naming one uses only that one.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--model", default=None, metavar="NAME@ALIAS",
+                        help=f"classifier: NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion); "
+                             f"default {DEFAULT_CLASSIFIER}")
+    parser.add_argument("--segmenter", default=None, metavar="NAME@ALIAS",
+                        help=f"segmenter, same forms; default {DEFAULT_SEGMENTER}")
+    parser.add_argument("--out", default="predictions", type=Path, help="output folder (default: predictions)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> PredictionRun:
+    if args.model is None and args.segmenter is None:
+        args.model, args.segmenter = DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+    refs = {kind: parse_model_ref(text) for kind, text in (("classifier", args.model), ("segmenter", args.segmenter))
+            if text is not None}
+    files = collect_images(args.paths)
+    if not files:
+        raise NanomorphError(f"no image files (png, jpg, jpeg, tif, tiff) in {', '.join(map(str, args.paths))}")
+    uri = tracking_uri(args.tracking_uri)
+    models = {}
+    for kind, ref in refs.items():
+        models[kind], version = load_registered(ref, uri)
+        print(f"{kind}: {ref} (version {version.version})", file=sys.stderr)
+    result = predict_files(files, models.get("classifier"), models.get("segmenter"), args.out,
+                           progress=not args.no_progress)
+    print(f"{len(result.table)} of {len(files)} images predicted -> {result.files['predictions']}"
+          + (f"; {len(result.skipped)} skipped -> {result.files['skipped']}" if len(result.skipped) else ""))
+    if result.table.empty:
+        raise NanomorphError(f"none of the {len(files)} files could be used (reasons in {result.files['skipped']})")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except NanomorphError as exc:
+        print(f"nanomorph predict: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

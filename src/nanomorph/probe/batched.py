@@ -1,0 +1,462 @@
+"""Every linear probe of a sweep trained at once: batched multinomial softmax + L2, exact, in float64.
+
+Each probe p solves exactly scikit-learn's `LogisticRegression(C)` problem (lbfgs, multinomial) on its own
+standardised training rows:
+
+    min_{W, b}  mean_i CE(softmax(z_i W + b), y_i)  +  ||W||^2 / (2 C m_p)      (b is not penalised)
+
+with z_i = (x_i - mean_p) / scale_p, mean_p and scale_p computed on probe p's training rows only (the
+StandardScaler rule, constant columns get scale 1). Probes are stacked into padded (P, m, D) tensors; a row
+mask drops the padding and a class mask drops the classes a probe has no training row of (their logits are
+-inf, as if the class did not exist, like a scikit-learn fit on the classes present).
+
+Why it is fast: (1) P probes cost one batched tensor operation per iteration instead of P Python-level
+fits; (2) the problem is rotated onto the SVD of the probe's standardised rows, Z = U S V^T, W = V A,
+Z W = (U S) A and ||W|| = ||A||: when a probe has fewer rows than feature dimensions (every few-shot probe),
+W lies in the span of its rows (the penalty kills any other component) and the problem is solved exactly in
+that r <= m dimensional span, so one-shot probes become 4-dimensional problems; (3) small problems are
+solved by Newton's method (exact Hessian, ~10 iterations), large ones by L-BFGS in diagonally preconditioned
+coordinates (`choose_method`).
+
+Both optimisers run all probes of a batch in lock-step with a per-probe Armijo backtracking line search; a
+probe stops when the Euclidean norm of its gradient with respect to (W, b) is at most `tol` (which implies
+scikit-learn's own test, max |gradient entry| <= tol). The objective is strictly convex, so every accepted
+L-BFGS step has s.y > 0 and no Wolfe curvature search is needed. There is no early stopping and no model
+selection: the test rows are only ever multiplied by the final weights.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+DTYPE = torch.float64
+_EPS = float(np.finfo(np.float64).eps)
+# Probabilities below e^-345 (~1e-150) are set to 0 and Hessian weights below 1e-100 too. They change the
+# gradient by < 1e-150 and the Newton matrix negligibly, but left alone their products reach subnormal
+# floats, which the CPU handles ~100x slower (a batched Cholesky went from microseconds to 0.6 s).
+_LOGP_FLOOR = -345.0
+_WEIGHT_FLOOR = 1e-100
+
+
+def _probabilities(logp: torch.Tensor) -> torch.Tensor:
+    return torch.where(logp < _LOGP_FLOOR, torch.zeros_like(logp), logp.exp())
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One probe: fit on rows `fit_idx` of feature matrix `features`, predict rows `predict_idx`."""
+
+    features: object  # key into the feature-set mapping (e.g. (encoder, encoder_seed))
+    fit_idx: np.ndarray
+    predict_idx: np.ndarray
+    seed: int = 0  # used by stochastic solvers only (the paper's Adam); the batched solver is deterministic
+
+
+@dataclass
+class BatchedResult:
+    """Predicted class codes per task (aligned with the tasks) and the optimiser's per-task diagnostics."""
+
+    predictions: list[np.ndarray]
+    n_iter: np.ndarray
+    converged: np.ndarray
+    grad_norm: np.ndarray
+    coef: list[np.ndarray] = field(default_factory=list)       # (D, K) in standardised units, when kept
+    intercept: list[np.ndarray] = field(default_factory=list)  # (K,)
+
+
+def standardise(X: torch.Tensor, row_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-problem (mean, scale) of the masked rows of X (P, m, D): StandardScaler's rule, ddof 0.
+
+    A column whose variance is within rounding of zero (scikit-learn's `_is_constant_feature` bound) gets
+    scale 1, so a feature that is constant on the training rows is centred but not blown up.
+    """
+    w = row_mask.to(X.dtype)[..., None]
+    count = w.sum(1, keepdim=True)
+    mean = (X * w).sum(1, keepdim=True) / count
+    var = (((X - mean) ** 2) * w).sum(1, keepdim=True) / count
+    bound = count * _EPS * var + (count * mean * _EPS) ** 2
+    scale = torch.where(var <= bound, torch.ones_like(var), var.sqrt())
+    return mean, scale
+
+
+def _rotate(Z: torch.Tensor, row_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, V): Z = F V^T on the masked rows, V orthonormal, F's columns orthogonal (F = U S).
+
+    This is Z's SVD (F = U S) obtained from the eigendecomposition of the smaller of the (m, m) Gram and the
+    (D, D) scatter matrix. When m < D the D - m directions outside the rows' span are left out altogether;
+    directions with a numerically zero singular value are zeroed (F and V columns 0, s = 0).
+    """
+    Zm = Z * row_mask.to(Z.dtype)[..., None]
+    m, D = Z.shape[1], Z.shape[2]
+    if m < D:
+        evals, U = torch.linalg.eigh(Zm @ Zm.transpose(1, 2))
+    else:
+        evals, V = torch.linalg.eigh(Zm.transpose(1, 2) @ Zm)
+    # Eigenvalues are accurate to ~eps * largest; below a margin over that they are rounding noise.
+    keep = evals > evals.amax(1, keepdim=True) * max(m, D) * _EPS * 10
+    sing = torch.where(keep, evals.clamp_min(0).sqrt(), torch.zeros_like(evals))
+    if m < D:
+        V = (Zm.transpose(1, 2) @ U) / torch.where(keep, sing, torch.ones_like(sing))[:, None, :]
+    V = V * keep.to(Z.dtype)[:, None, :]
+    return Zm @ V, V
+
+
+class _Problems:
+    """P stacked softmax + L2 problems on rotated features F (P, m, r); parameters x (P, K, r + 1) hold, per
+    class, the weights on F's columns and, last, the intercept. Every method takes `idx`, the problems to
+    compute (a line search only re-evaluates the problems that have not yet accepted a step)."""
+
+    def __init__(self, F, y, row_mask, class_mask, lam):
+        P, m, r = F.shape
+        self.K, self.r = class_mask.shape[1], r
+        rows = row_mask.to(F.dtype)
+        self.row_w = rows / rows.sum(1, keepdim=True)  # mean over each problem's own training rows
+        self.onehot = torch.nn.functional.one_hot(y, self.K).to(F.dtype) * rows[..., None]
+        self.class_bias = torch.where(class_mask, 0.0, -math.inf).to(F.dtype)
+        self.y = y
+        self.Faug = torch.cat([F, rows[..., None]], dim=2)  # the last column carries the intercept
+        self.penalty = torch.cat([lam[:, None].expand(P, r), torch.zeros(P, 1, dtype=F.dtype)], 1)[:, None, :]
+
+    def value(self, x, idx):
+        """(f, log-probabilities) of problems idx at their parameters x."""
+        logits = self.Faug[idx] @ x.transpose(1, 2) + self.class_bias[idx][:, None, :]
+        logp = logits - torch.logsumexp(logits, dim=2, keepdim=True)
+        fit = -(self.row_w[idx] * logp.gather(2, self.y[idx][..., None])[..., 0]).sum(1)
+        return fit + 0.5 * (self.penalty[idx] * x * x).sum((1, 2)), logp
+
+    def gradient(self, x, logp, idx):
+        R = (_probabilities(logp) - self.onehot[idx]) * self.row_w[idx][..., None]
+        return (self.Faug[idx].transpose(1, 2) @ R).transpose(1, 2) + self.penalty[idx] * x
+
+    def hessian(self, logp, idx):
+        """Exact Hessian (len(idx), K (r + 1), K (r + 1)) in the layout of x."""
+        Faug, row_w = self.Faug[idx], self.row_w[idx]
+        prob = _probabilities(logp)
+        Q, n = len(idx), self.r + 1
+        H = torch.empty(Q, self.K, n, self.K, n, dtype=Faug.dtype)
+        for k in range(self.K):
+            for l in range(k, self.K):
+                w = row_w * prob[..., k] * ((1.0 if k == l else 0.0) - prob[..., l])
+                w = torch.where(w.abs() < _WEIGHT_FLOOR, torch.zeros_like(w), w)
+                block = Faug.transpose(1, 2) @ (w[..., None] * Faug)
+                H[:, k, :, l, :] = block
+                if l != k:
+                    H[:, l, :, k, :] = block
+        H = H.reshape(Q, self.K * n, self.K * n)
+        return H + torch.diag_embed(self.penalty[idx].expand(Q, self.K, n).reshape(Q, -1))
+
+
+def _line_search(problems, x, f, g, step, slope, idx, t0, max_backtracks):
+    """Per-problem backtracking from step length t0 (Q,) along `step` for problems idx.
+
+    Accepts the Armijo condition, or -- once f is flat to rounding near the optimum, where |f - f*| is
+    below eps |f| long before the gradient is below a tight tol -- a step that keeps f within rounding
+    and shrinks the gradient. Returns (x, f, logp, g, accepted) of the problems idx.
+    """
+    x_new, g_new = x.clone(), g.clone()
+    f_new = f.clone()
+    logp_new = None
+    accepted = torch.zeros(len(idx), dtype=torch.bool)
+    pending = torch.arange(len(idx))
+    t = t0.clone()
+    g_norm = g.flatten(1).norm(dim=1)
+    for _ in range(max_backtracks):
+        x_try = x[pending] + t[pending, None, None] * step[pending]
+        f_try, logp_try = problems.value(x_try, idx[pending])
+        g_try = problems.gradient(x_try, logp_try, idx[pending])
+        flat = (f_try <= f[pending] + 4 * _EPS * f[pending].abs()) & (g_try.flatten(1).norm(dim=1) < g_norm[pending])
+        ok = (f_try <= f[pending] + 1e-4 * t[pending] * slope[pending]) | flat
+        if logp_new is None:
+            logp_new = torch.zeros(len(idx), *logp_try.shape[1:], dtype=logp_try.dtype)
+        done = pending[ok]
+        x_new[done], f_new[done], g_new[done], logp_new[done] = x_try[ok], f_try[ok], g_try[ok], logp_try[ok]
+        accepted[done] = True
+        pending = pending[~ok]
+        if len(pending) == 0:
+            break
+        t[pending] *= 0.5
+    return x_new, f_new, logp_new, g_new, accepted
+
+
+def newton_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int, max_backtracks: int = 50):
+    """Damped Newton on every problem at once; returns (x, n_iter, converged, grad_norm).
+
+    The Hessian is exact; the intercepts get a tiny diagonal damping in the linear solve only (softmax is
+    invariant to adding one constant to every intercept, and a class without training rows has no curvature
+    at all), which changes the step, never the objective or its optimum. Only problems still above `tol`
+    are computed.
+    """
+    x = x0.clone()
+    P = x.shape[0]
+    everything = torch.arange(P)
+    f, logp = problems.value(x, everything)
+    g = problems.gradient(x, logp, everything)
+    K, n = problems.K, problems.r + 1
+    damping = torch.zeros(P, K, n, dtype=x.dtype)
+    damping[:, :, -1] = 1e-10 + (problems.class_bias == -math.inf).to(x.dtype)
+    active = g.flatten(1).norm(dim=1) > tol
+    n_iter = torch.zeros(P, dtype=torch.long)
+    for _ in range(max_iter):
+        idx = torch.nonzero(active).squeeze(1)
+        if len(idx) == 0:
+            break
+        H = problems.hessian(logp[idx], idx) + torch.diag_embed(damping[idx].reshape(len(idx), -1))
+        chol, info = torch.linalg.cholesky_ex(H)
+        if bool((info != 0).any()):
+            raise FloatingPointError("batched Newton: a Hessian is not positive definite (non-finite features?)")
+        step = -torch.cholesky_solve(g[idx].reshape(len(idx), -1, 1), chol).reshape(len(idx), K, n)
+        slope = (g[idx] * step).sum((1, 2))
+        x_i, f_i, logp_i, g_i, accepted = _line_search(problems, x[idx], f[idx], g[idx], step, slope, idx,
+                                                       torch.ones(len(idx), dtype=x.dtype), max_backtracks)
+        ok = idx[accepted]
+        x[ok], f[ok], logp[ok], g[ok] = x_i[accepted], f_i[accepted], logp_i[accepted], g_i[accepted]
+        n_iter[idx] += 1
+        # A problem whose line search found no decrease is at the limit of float64: it stops there.
+        active[idx] = accepted & (g_i.flatten(1).norm(dim=1) > tol)
+    grad_norm = g.flatten(1).norm(dim=1)
+    return x, n_iter, grad_norm <= tol, grad_norm
+
+
+def lbfgs_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int, history: int = 10,
+                  max_backtracks: int = 50):
+    """L-BFGS on every problem at once, in diagonally preconditioned coordinates; returns (x, n_iter,
+    converged, grad_norm).
+
+    Preconditioning: F's columns are orthogonal with norms s_j, so the data term's Hessian is
+    F^T diag(p(1-p)) F / m ~ diag(s^2) / (4 m) in the weights; the optimiser works on Ã = A d with
+    d_j = sqrt(s_j^2 / (4 m) + lam), where that Hessian is close to the identity as far as the spread of
+    singular values goes (on SimCLR features of the default data this cut iterations at 32 labels per class
+    from ~800 to ~530; without it 80 labels per class did not converge in 1000). Each problem has its own
+    curvature history, step length and stopping test (|gradient| in the original coordinates <= tol).
+    """
+    P, K, n = x0.shape
+    col = problems.Faug.norm(dim=1)  # (P, r + 1): s_j for the weights, sqrt(m) for the intercept column
+    counts = problems.Faug[:, :, -1].sum(1, keepdim=True)
+    d = torch.ones(P, n, dtype=x0.dtype)
+    d[:, :-1] = (col[:, :-1] ** 2 / (4 * counts) + problems.penalty[:, 0, :-1]).sqrt()
+    d = d[:, None, :].expand(P, K, n)  # x = x_tilde / d
+
+    class Scaled:  # the problems in the coordinates x_tilde = x * d
+        K, r = problems.K, problems.r
+
+        @staticmethod
+        def value(xt, idx):
+            return problems.value(xt / d[idx], idx)
+
+        @staticmethod
+        def gradient(xt, logp, idx):
+            return problems.gradient(xt / d[idx], logp, idx) / d[idx]
+
+    xt = x0 * d
+    everything = torch.arange(P)
+    f, logp = Scaled.value(xt, everything)
+    g = Scaled.gradient(xt, logp, everything)
+
+    def true_norm(gt, idx):
+        return (gt * d[idx]).flatten(1).norm(dim=1)
+
+    active = true_norm(g, everything) > tol
+    n_iter = torch.zeros(P, dtype=torch.long)
+    S: list[torch.Tensor] = []
+    Y: list[torch.Tensor] = []
+    R: list[torch.Tensor] = []
+    gamma = torch.ones(P, dtype=x0.dtype)
+    for it in range(max_iter):
+        idx = torch.nonzero(active).squeeze(1)
+        if len(idx) == 0:
+            break
+        # Two-loop recursion for the problems idx (history pairs with rho = 0 are absent for that problem).
+        q = g[idx].flatten(1).clone()
+        alphas = []
+        for s, yv, rho in zip(reversed(S), reversed(Y), reversed(R)):
+            alpha = rho[idx] * (s[idx] * q).sum(1)
+            q -= alpha[:, None] * yv[idx]
+            alphas.append(alpha)
+        q *= gamma[idx, None]
+        for (s, yv, rho), alpha in zip(zip(S, Y, R), reversed(alphas)):
+            beta = rho[idx] * (yv[idx] * q).sum(1)
+            q += (alpha - beta)[:, None] * s[idx]
+        step = -q.reshape(len(idx), K, n)
+        slope = (g[idx] * step).sum((1, 2))
+        uphill = ~(slope < 0)  # rounding at the optimum: fall back to steepest descent there
+        if bool(uphill.any()):
+            step[uphill] = -g[idx][uphill]
+            slope = (g[idx] * step).sum((1, 2))
+        # The first step has no curvature information: keep its length below 1 in l1.
+        t0 = (torch.clamp(1.0 / g[idx].flatten(1).abs().sum(1).clamp_min(1e-300), max=1.0) if it == 0
+              else torch.ones(len(idx), dtype=x0.dtype))
+        x_i, f_i, logp_i, g_i, accepted = _line_search(Scaled, xt[idx], f[idx], g[idx], step, slope, idx, t0,
+                                                       max_backtracks)
+        s_vec = torch.zeros(P, K * n, dtype=x0.dtype)
+        y_vec = torch.zeros(P, K * n, dtype=x0.dtype)
+        ok = idx[accepted]
+        s_vec[ok] = (x_i[accepted] - xt[ok]).flatten(1)
+        y_vec[ok] = (g_i[accepted] - g[ok]).flatten(1)
+        sy = (s_vec * y_vec).sum(1)
+        good = sy > 1e-300  # strict convexity: every accepted step that moved has s.y > 0
+        S.append(torch.where(good[:, None], s_vec, torch.zeros_like(s_vec)))
+        Y.append(torch.where(good[:, None], y_vec, torch.zeros_like(y_vec)))
+        R.append(torch.where(good, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy)))
+        if len(S) > history:
+            S.pop(0), Y.pop(0), R.pop(0)
+        yy = (y_vec * y_vec).sum(1)
+        gamma = torch.where(good & (yy > 0), sy / yy.clamp_min(1e-300), gamma)
+        xt[ok], f[ok], g[ok] = x_i[accepted], f_i[accepted], g_i[accepted]
+        n_iter[idx] += 1
+        active[idx] = accepted & (true_norm(g_i, idx) > tol)
+    grad_norm = true_norm(g, everything)
+    return xt / d, n_iter, grad_norm <= tol, grad_norm
+
+
+METHODS = ("auto", "newton", "lbfgs")
+# `auto` uses Newton while a probe has at most this many parameters K * (r + 1): its cost per iteration grows
+# like r^3 but it needs ~10 iterations, while L-BFGS costs ~r^2 per iteration and needs hundreds. On encoder
+# features the two cost the same near r = 128 (32 labels per class, 4 classes).
+NEWTON_MAX_PARAMS = 600
+
+
+def choose_method(method: str, n_classes: int, rows: int, dim: int) -> str:
+    """The optimiser for probes of `rows` training rows: `method` itself unless it is `auto`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown batched method '{method}' (choose from {', '.join(METHODS)})")
+    if method != "auto":
+        return method
+    return "newton" if n_classes * (min(rows, dim) + 1) <= NEWTON_MAX_PARAMS else "lbfgs"
+
+
+def fit_softmax_batched(X: torch.Tensor, y: torch.Tensor, row_mask: torch.Tensor, class_mask: torch.Tensor,
+                        C: float, tol: float = 1e-8, max_iter: int = 1000, history: int = 10,
+                        method: str = "auto"):
+    """Fit P padded problems: X (P, m, D), y (P, m) class codes, row_mask (P, m), class_mask (P, K).
+
+    Returns (mean, scale, W, b, n_iter, converged, grad_norm); W (P, D, K) and b (P, K) act on standardised
+    features, so the logits of new rows x are ((x - mean) / scale) @ W + b (absent classes: -inf).
+    """
+    if C <= 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    X = X.to(DTYPE)
+    method = choose_method(method, class_mask.shape[1], X.shape[1], X.shape[2])
+    mean, scale = standardise(X, row_mask)
+    Z = (X - mean) / scale
+    F, V = _rotate(Z, row_mask)
+    lam = 1.0 / (C * row_mask.sum(1).to(DTYPE))
+    problems = _Problems(F, y, row_mask, class_mask, lam)
+    x0 = torch.zeros(F.shape[0], class_mask.shape[1], F.shape[2] + 1, dtype=DTYPE)
+    if method == "newton":
+        x, n_iter, converged, grad_norm = newton_batched(problems, x0, tol, max_iter)
+    else:
+        x, n_iter, converged, grad_norm = lbfgs_batched(problems, x0, tol, max_iter, history)
+    A, b = x[:, :, :-1].transpose(1, 2), x[:, :, -1]
+    return mean, scale, V @ A, b, n_iter, converged, grad_norm
+
+
+def predict_batched(X: torch.Tensor, mean, scale, W, b, class_mask: torch.Tensor) -> torch.Tensor:
+    """Class codes (P, n) of rows X (P, n, D) under the fitted probes; each row is scored on its own."""
+    logits = ((X.to(DTYPE) - mean) / scale) @ W + b[:, None, :]
+    logits = logits.masked_fill(~class_mask[:, None, :], -math.inf)
+    return logits.argmax(2)
+
+
+def _elements(rows: int, predict_rows: int, dim: int, n_classes: int, method: str) -> int:
+    """float64 values one probe of a chunk holds at once: its padded rows, rotation, predictions, Hessian."""
+    r = min(rows, dim)
+    hessian = (n_classes * (r + 1)) ** 2 if choose_method(method, n_classes, rows, dim) == "newton" else 0
+    return rows * dim * 2 + rows * r + predict_rows * dim + dim * r + hessian
+
+
+def _chunks(order: Sequence[int], rows: np.ndarray, predict_rows: np.ndarray, dim: int, n_classes: int,
+            method: str, max_elements: int, max_padding: float) -> list[list[int]]:
+    """Consecutive groups of `order` (sorted by rows) whose padded tensors stay under max_elements values and
+    whose largest training set is at most `max_padding` times the smallest (padding costs like real rows)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        candidate = current + [i]
+        m, n_pred = int(rows[candidate].max()), int(predict_rows[candidate].max())
+        too_padded = m > max_padding * int(rows[candidate].min())
+        if current and (too_padded or len(candidate) * _elements(m, n_pred, dim, n_classes, method) > max_elements):
+            chunks.append(current)
+            candidate = [i]
+        current = candidate
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def solve_probes(feature_sets: Mapping[object, np.ndarray], codes: np.ndarray, n_classes: int,
+                 tasks: Sequence[ProbeTask], C: float = 1.0, tol: float = 1e-8, max_iter: int = 1000,
+                 history: int = 10, method: str = "auto", max_elements: int = 2**25, max_padding: float = 1.25,
+                 keep_coef: bool = False, progress: bool = False, desc: str = "probes") -> BatchedResult:
+    """Fit every task's probe and predict its `predict_idx` rows, in batches of similar training-set size.
+
+    `codes` are integer classes 0..n_classes-1 of all rows (shared by every feature set). Tasks are sorted by
+    training-set size and grouped into chunks of at most `max_elements` float64 values (2**25: 256 MiB) whose
+    training sets differ by at most a factor `max_padding`, so padding is small and memory bounded. A task that does not reach `tol` within `max_iter` iterations is
+    reported in `converged` and warned about (like scikit-learn's ConvergenceWarning).
+    """
+    codes = np.asarray(codes)
+    if not tasks:
+        return BatchedResult([], np.zeros(0, int), np.zeros(0, bool), np.zeros(0))
+    for task in tasks:
+        if task.features not in feature_sets:
+            raise KeyError(f"no feature set {task.features!r}")
+        if len(task.fit_idx) == 0:
+            raise ValueError("a probe needs at least one training row")
+    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in feature_sets.items()
+               if any(t.features == k for t in tasks)}
+    dims = {int(t.shape[1]) for t in tensors.values()}
+    if len(dims) != 1:
+        raise ValueError(f"feature sets of one call must share their dimension, got {sorted(dims)}")
+    D = dims.pop()
+    rows = np.array([len(t.fit_idx) for t in tasks])
+    predict_rows = np.array([max(len(t.predict_idx), 1) for t in tasks])
+    order = sorted(range(len(tasks)), key=lambda i: (rows[i], str(tasks[i].features)))
+    predictions: list[np.ndarray] = [np.zeros(0, dtype=int)] * len(tasks)
+    coefs: list[np.ndarray] = []
+    intercepts: list[np.ndarray] = []
+    if keep_coef:
+        coefs, intercepts = [np.zeros(0)] * len(tasks), [np.zeros(0)] * len(tasks)
+    n_iter = np.zeros(len(tasks), dtype=int)
+    converged = np.zeros(len(tasks), dtype=bool)
+    grad_norm = np.zeros(len(tasks))
+    with tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False) as bar:
+        for chunk in _chunks(order, rows, predict_rows, D, n_classes, method, max_elements, max_padding):
+            P, m, n_pred = len(chunk), int(rows[chunk].max()), int(predict_rows[chunk].max())
+            X = torch.zeros(P, m, D, dtype=DTYPE)
+            y = torch.zeros(P, m, dtype=torch.long)
+            row_mask = torch.zeros(P, m, dtype=torch.bool)
+            class_mask = torch.zeros(P, n_classes, dtype=torch.bool)
+            Xp = torch.zeros(P, n_pred, D, dtype=DTYPE)
+            for j, i in enumerate(chunk):
+                fit_idx, predict_idx = np.asarray(tasks[i].fit_idx), np.asarray(tasks[i].predict_idx)
+                feats = tensors[tasks[i].features]
+                y_fit = torch.from_numpy(codes[fit_idx].astype(np.int64))
+                X[j, : len(fit_idx)] = feats[fit_idx]
+                y[j, : len(fit_idx)] = y_fit
+                y[j, len(fit_idx):] = y_fit[0]  # padding rows carry weight 0; a present class keeps logp finite
+                row_mask[j, : len(fit_idx)] = True
+                class_mask[j, y_fit] = True
+                Xp[j, : len(predict_idx)] = feats[predict_idx]
+            mean, scale, W, b, its, conv, gnorm = fit_softmax_batched(X, y, row_mask, class_mask, C, tol,
+                                                                      max_iter, history, method)
+            pred = predict_batched(Xp, mean, scale, W, b, class_mask).numpy()
+            for j, i in enumerate(chunk):
+                predictions[i] = pred[j, : len(tasks[i].predict_idx)]
+                n_iter[i], converged[i], grad_norm[i] = int(its[j]), bool(conv[j]), float(gnorm[j])
+                if keep_coef:
+                    # Weights on standardised features, as scikit-learn's coef_.T after its StandardScaler.
+                    coefs[i] = W[j].numpy()
+                    intercepts[i] = b[j].masked_fill(~class_mask[j], -math.inf).numpy()
+            bar.update(P)
+    if not converged.all():
+        warnings.warn(f"{(~converged).sum()} of {len(tasks)} batched probes stopped above |gradient| <= {tol:g} "
+                      f"(largest {grad_norm.max():.2e}; out of {max_iter} iterations or at float64 precision)",
+                      stacklevel=2)
+    return BatchedResult(predictions, n_iter, converged, grad_norm, coefs, intercepts)

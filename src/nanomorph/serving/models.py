@@ -1,0 +1,129 @@
+"""The two pyfunc models: nanowire morphology classifier and nanowire segmenter.
+
+They are logged as "models from code" (`classifier_code.py`, `segmenter_code.py` call `set_model`), so no
+pickled Python object is stored; the weights are plain artifacts:
+
+* classifier: ``encoder`` (the `save_encoder` checkpoint of the frozen ResNet), ``probe`` (the fitted
+  scaler + softmax `Pipeline`, skops format: loading executes no pickled code), ``config`` (JSON);
+* segmenter: ``unet`` (the U-Net state dict, torch `weights_only` format), ``config`` (JSON).
+
+The input and output contract is in the package docstring (`nanomorph.serving`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from nanomorph.analysis.density import pixel_density
+from nanomorph.analysis.objects import count_objects
+from nanomorph.analysis.percolation import percolates
+from nanomorph.models.encoder import load_encoder
+from nanomorph.probe.features import extract_features
+from nanomorph.segment.model import build_unet
+from nanomorph.segment.train import predict_masks
+from nanomorph.serving.inputs import images_from_frame, resize_for_model, resize_mask
+
+
+def _read_config(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_probe(path: str | Path):
+    """The skops-saved probe; any type outside skops' trusted defaults is refused (none are expected)."""
+    import skops.io
+
+    return skops.io.load(path, trusted=[])
+
+
+class NanowireClassifier(mlflow.pyfunc.PythonModel):
+    """Frozen ResNet features -> linear softmax probe: class probabilities for nanowire TEM images."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.load_artifacts(context.artifacts)
+
+    def load_artifacts(self, artifacts: dict[str, str]) -> None:
+        config = _read_config(artifacts["config"])
+        self.image_size = int(config["image_size"])
+        self.encoder, _meta = load_encoder(artifacts["encoder"])
+        self.encoder.eval()
+        self.probe = load_probe(artifacts["probe"])
+        self.classes = [str(c) for c in self.probe.classes_]
+        if self.classes != list(config["classes"]):
+            raise ValueError(f"probe classes {self.classes} differ from the config's {config['classes']}")
+        self.device = _device()
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        """Pooled encoder features (N, D) of the images, each resized to the training size first."""
+        stack = np.zeros((len(images), self.image_size, self.image_size), dtype=np.float32)
+        for k, image in enumerate(images):
+            stack[k] = resize_for_model(image, self.image_size)
+        return extract_features(self.encoder, stack, batch_size=64, device=self.device)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
+        features = self.embed(images_from_frame(model_input))
+        probabilities = self.probe.predict_proba(features) if len(features) else np.zeros((0, len(self.classes)))
+        out = pd.DataFrame({"class": np.asarray(self.classes, dtype=object)[probabilities.argmax(axis=1)]})
+        for k, name in enumerate(self.classes):
+            out[f"prob_{name}"] = probabilities[:, k].astype(np.float64)
+        if params.get("return_embeddings", False):
+            out["embedding"] = [row.astype(np.float64).tolist() for row in features]
+        return out
+
+
+class NanowireSegmenter(mlflow.pyfunc.PythonModel):
+    """U-Net wire masks and what the paper reads off them: density, percolation, number of objects."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.load_artifacts(context.artifacts)
+
+    def load_artifacts(self, artifacts: dict[str, str]) -> None:
+        config = _read_config(artifacts["config"])
+        self.image_size = int(config["image_size"])
+        self.eps = float(config["percolation_eps"])
+        self.min_samples = int(config["percolation_min_samples"])
+        self.object_min_size = int(config["object_min_size"])
+        self.unet = build_unet(config["arch"], encoder_state=None, freeze_encoder=False)
+        self.unet.load_state_dict(torch.load(artifacts["unet"], map_location="cpu", weights_only=True), strict=True)
+        self.unet.eval()
+        self.device = _device()
+
+    def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Boolean mask per image at the image's own size."""
+        if not images:
+            return []
+        stack = np.stack([resize_for_model(image, self.image_size) for image in images])
+        small = predict_masks(self.unet, stack, batch_size=8, device=self.device)
+        return [resize_mask(m, image.shape) for m, image in zip(small, images)]
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
+        rows = []
+        for mask in self.masks(images_from_frame(model_input)):
+            row = {
+                "density": pixel_density(mask),
+                "percolates": bool(percolates(mask, eps=self.eps, min_samples=self.min_samples)),
+                # 8-connected components (skimage.measure.label) of at least object_min_size pixels.
+                "objects": count_objects(mask, self.object_min_size),
+                "height": int(mask.shape[0]),
+                "width": int(mask.shape[1]),
+            }
+            if params.get("return_mask", True):
+                # Nested lists of 0/1: what JSON carries and what the signature declares (Array(Array(long))).
+                row["mask"] = mask.astype(np.uint8).tolist()
+            rows.append(row)
+        columns = ["density", "percolates", "objects", "height", "width"]
+        if params.get("return_mask", True):
+            columns.append("mask")
+        return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,125 @@
+"""Packaging trained models as MLflow pyfunc models: artifacts, signature, input example, code, requirements.
+
+Each model is logged from code (`classifier_code.py` / `segmenter_code.py`) together with a copy of the
+`nanomorph` package (`code_paths`), so a registered version keeps the exact code it was logged with and
+loads in any environment that has the pinned libraries, with or without nanomorph installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from sklearn.pipeline import Pipeline
+from torch import nn
+
+import nanomorph
+from nanomorph.data.io import to_unit_range
+from nanomorph.data.synthetic import generate_nanowire_image
+from nanomorph.serving.models import NanowireClassifier, NanowireSegmenter
+
+SERVING_DIR = Path(__file__).resolve().parent
+# Distributions the serving code imports (directly or through nanomorph's modules it uses).
+RUNTIME_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "segmentation-models-pytorch", "scikit-learn",
+                         "scikit-image", "skops", "scipy", "numpy", "pandas", "pillow", "tifffile", "tqdm")
+EXAMPLE_SHAPE = (40, 48)  # deliberately not square and not the training size: any size is accepted
+PERCOLATION_EPS, PERCOLATION_MIN_SAMPLES = 2.0, 2  # the paper's rule
+
+
+def pip_requirements() -> list[str]:
+    """The runtime libraries pinned to the versions installed here (the versions the model was tested with)."""
+    pins = []
+    for dist in RUNTIME_DISTRIBUTIONS:
+        try:
+            pins.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            raise RuntimeError(f"{dist} is not installed, but the served models need it") from None
+    return pins
+
+
+def example_image(seed: int = 0) -> np.ndarray:
+    """A small synthetic network-morphology TEM image in [0, 1], EXAMPLE_SHAPE, as the models' input example."""
+    image, _mask = generate_nanowire_image("network", max(EXAMPLE_SHAPE), np.random.default_rng(seed))
+    return to_unit_range(image)[: EXAMPLE_SHAPE[0], : EXAMPLE_SHAPE[1]].copy()
+
+
+def _signature_frames(image: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(frame describing both optional input columns, the stored input example with an inline image)."""
+    described = pd.DataFrame({"path": [None, "image.tif"], "image": [image.tolist(), None]})
+    example = pd.DataFrame({"image": [image.tolist()]})
+    return described, example
+
+
+def _package_copy(workdir: Path) -> Path:
+    """A clean copy of the nanomorph package (no caches) to ship with the model."""
+    target = workdir / "code" / "nanomorph"
+    shutil.copytree(Path(nanomorph.__file__).resolve().parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def _log(name: str, code_file: Path, artifacts: dict[str, str], model, params: dict,
+         workdir: Path) -> ModelInfo:
+    model.load_artifacts(artifacts)
+    described, example = _signature_frames(example_image())
+    # Outputs with and without the optional columns: the signature then marks those columns optional.
+    outputs = [model.predict(None, example, params={k: flag for k in params}) for flag in (False, True)]
+    with warnings.catch_warnings():
+        # MLflow warns that integer columns cannot hold missing values; ours (objects, height, width) never miss.
+        warnings.filterwarnings("ignore", message=".*Integer columns.*", category=UserWarning)
+        signature = infer_signature(described, pd.concat(outputs, ignore_index=True), params=params)
+    return mlflow.pyfunc.log_model(
+        name=name, python_model=str(code_file), artifacts=artifacts, code_paths=[str(_package_copy(workdir))],
+        signature=signature, input_example=example, pip_requirements=pip_requirements(),
+    )
+
+
+def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int, encoder_name: str,
+                   name: str = "classifier") -> ModelInfo:
+    """Log the classifier (encoder checkpoint + skops probe + config) as a pyfunc model; returns its ModelInfo."""
+    import skops.io
+
+    with tempfile.TemporaryDirectory(prefix="nanomorph-classifier-") as tmp:
+        workdir = Path(tmp)
+        probe_path = workdir / "probe.skops"
+        skops.io.dump(probe, probe_path)
+        config_path = workdir / "config.json"
+        config_path.write_text(json.dumps({
+            "classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
+        }, indent=2))
+        encoder_copy = workdir / "encoder.pt"
+        shutil.copy2(encoder_path, encoder_copy)
+        artifacts = {"encoder": str(encoder_copy), "probe": str(probe_path), "config": str(config_path)}
+        return _log(name, SERVING_DIR / "classifier_code.py", artifacts, NanowireClassifier(),
+                    {"return_embeddings": False}, workdir)
+
+
+def log_segmenter(unet: nn.Module, *, arch: str, image_size: int, encoder_name: str, object_min_size: int,
+                  name: str = "segmenter") -> ModelInfo:
+    """Log the U-Net (state dict + config) as a pyfunc model; returns its ModelInfo.
+
+    `object_min_size`: components of a predicted mask with fewer pixels are noise, not counted as objects.
+    """
+    with tempfile.TemporaryDirectory(prefix="nanomorph-segmenter-") as tmp:
+        workdir = Path(tmp)
+        weights = workdir / "unet.pt"
+        torch.save({k: v.detach().cpu() for k, v in unet.state_dict().items()}, weights)
+        config_path = workdir / "config.json"
+        config_path.write_text(json.dumps({
+            "arch": arch, "image_size": int(image_size), "encoder": encoder_name,
+            "percolation_eps": PERCOLATION_EPS, "percolation_min_samples": PERCOLATION_MIN_SAMPLES,
+            "object_min_size": int(object_min_size),
+        }, indent=2))
+        artifacts = {"unet": str(weights), "config": str(config_path)}
+        return _log(name, SERVING_DIR / "segmenter_code.py", artifacts, NanowireSegmenter(),
+                    {"return_mask": True}, workdir)

@@ -1,0 +1,34 @@
+"""Training the deployable models on every image they are given (the register stage's training part)."""
+
+from __future__ import annotations
+
+import numpy as np
+import segmentation_models_pytorch as smp
+from sklearn.pipeline import Pipeline
+from torch import nn
+
+from nanomorph.probe.features import extract_features
+from nanomorph.probe.linear import fit_linear_probe
+from nanomorph.segment.sweep import seeded_unet
+from nanomorph.segment.train import train_segmenter
+
+
+def train_classifier(encoder: nn.Module, images: np.ndarray, labels: np.ndarray, *, C: float, max_iter: int,
+                     seed: int, tol: float = 1e-4, device: str = "cpu") -> Pipeline:
+    """Linear softmax probe on the frozen encoder's features of (N, S, S) [0, 1] images (the probe stage's
+    model, fitted on all the given images instead of an n-per-class subset)."""
+    features = extract_features(encoder, images, batch_size=64, device=device)
+    return fit_linear_probe(features, np.asarray(labels).astype(str), C=C, max_iter=max_iter, seed=seed, tol=tol)
+
+
+def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray, *, arch: str, epochs: int,
+               lr: float, batch_size: int, freeze_encoder: bool, seed: int, device: str = "cpu",
+               progress: bool = False) -> smp.Unet:
+    """U-Net with the transferred encoder trained with dice loss (the segment stage's recipe); on CPU, eval mode.
+
+    `seed` drives the decoder initialisation, the shuffles and the flips.
+    """
+    model = seeded_unet(arch, encoder_state, freeze_encoder, init_seed=seed)
+    train_segmenter(model, images, masks, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                    progress=progress)
+    return model.cpu().eval()

@@ -1,0 +1,222 @@
+"""Stage `register`: train the deployable classifier and segmenter, log them as MLflow pyfunc models, register
+them and decide which version is the champion.
+
+* Data: the accepted labelled nanowire images are split ONCE, stratified by class, by
+  (`registry.eval_fraction`, `registry.eval_seed`). The models are trained on all of the training part; the
+  evaluation part is never trained on and scores every version (the segmenter uses the images that have masks).
+* Classifier: the pretrained encoder with the best median probe accuracy at `report.probe_report_n` labels
+  per class (metrics/probe.json; the random-init baseline is not a candidate) + a linear probe fitted on its
+  features of every training image.
+* Segmenter: U-Net with that encoder, trained on the training images' masks with the segment stage's recipe
+  (lr, batch size, frozen encoder, epochs for the training-set size scaled by the profile).
+* Promotion: each new version is scored through its logged pyfunc model on the evaluation set (accuracy;
+  mean per-image dice at the images' own resolution), and so is the current champion, anew; the new version
+  gets alias `champion` if it beats the champion by more than `registry.margin`, else `challenger`.
+Writes metrics/register.json (versions, aliases, scores, decision and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from nanomorph.config import Config
+from nanomorph.data.io import load_image_stack, load_mask_stack, read_mask
+from nanomorph.data.validation import accepted
+from nanomorph.errors import NanomorphError
+from nanomorph.probe.splits import stratified_split
+from nanomorph.segment.metrics import dice_iou
+from nanomorph.serving.package import log_classifier, log_segmenter
+from nanomorph.serving.train import train_classifier, train_unet
+from nanomorph.stages._common import best_device, stage_main, tracked, write_json
+from nanomorph.stages.probe import resolve_encoder
+from nanomorph.tracking.registry import (
+    CHAMPION, apply_decision, promotion_decision, register_version, registry_state, version_by_alias,
+)
+from nanomorph.tracking.runs import dvc_data_hash, git_commit
+
+BASELINE_ENCODER = "random"
+
+
+def choose_encoder(probe_metrics: dict[str, Any], n: int, encoders: tuple[str, ...]) -> dict[str, Any]:
+    """Of `encoders` (the probe stage's configured encoders, the random baseline never a candidate), the one with
+    the highest median linear-probe accuracy at n labels/class in metrics/probe.json (ties: first by name).
+
+    When no candidate was probed at n (the profile's budgets stop below it), the largest budget that every
+    candidate has is used instead, as the report's headline does; the result says which n was used.
+    """
+    medians = probe_metrics.get("median_accuracy")
+    if not isinstance(medians, dict):
+        raise NanomorphError("metrics/probe.json has no 'median_accuracy'; run the probe stage first")
+    candidates = {name: medians[name] for name in encoders if name != BASELINE_ENCODER and name in medians}
+    if not candidates:
+        raise NanomorphError(f"metrics/probe.json has no pretrained encoder of probe.encoders {list(encoders)} "
+                             "to deploy (the random baseline is never deployed)")
+    common = set.intersection(*({int(k[1:]) for k in per_n} for per_n in candidates.values()))
+    if not common:
+        raise NanomorphError("metrics/probe.json: the pretrained encoders share no label budget")
+    n_used = n if n in common else max(common)
+    scores = {name: float(per_n[f"n{n_used}"]) for name, per_n in sorted(candidates.items())}
+    best = max(scores, key=lambda name: scores[name])  # max keeps the first (by name) of tied scores
+    return {"encoder": best, "labels_per_class": n_used, "requested_labels_per_class": n,
+            "median_probe_accuracy": scores}
+
+
+def sweep_reference(segment_metrics: dict[str, Any], encoder: str) -> dict[str, Any] | None:
+    """The segment sweep's median per-image dice for `encoder` at its largest training-set size (None when the
+    sweep did not run that encoder): a yardstick for the deployed segmenter, which is trained on more images
+    and scored at full resolution on another split, so the two numbers are close relatives, not equals."""
+    per_n = segment_metrics.get("median", {}).get(encoder)
+    if not per_n:
+        return None
+    n = max(int(k[1:]) for k in per_n)
+    return {"encoder": encoder, "train_images": n, "median_dice": float(per_n[f"n{n}"]["dice"])}
+
+
+def evaluation_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train_idx, eval_idx, eval_hash): the fixed stratified split; the hash names the evaluation images by
+    content (sha256 of their sorted file digests), so versions scored on different sets can be told apart."""
+    train_idx, eval_idx = stratified_split(rows["label"].to_numpy(dtype=str), fraction, seed)
+    digest = hashlib.sha256("\n".join(sorted(rows["sha256"].iloc[eval_idx])).encode()).hexdigest()[:16]
+    return train_idx, eval_idx, digest
+
+
+def score_classifier(model_uri: str, paths: list[str], labels: np.ndarray) -> float:
+    """Accuracy of the pyfunc model at `model_uri` on the evaluation images (given as file paths)."""
+    predicted = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": paths}))
+    return float((predicted["class"].to_numpy(dtype=str) == np.asarray(labels, dtype=str)).mean())
+
+
+def score_segmenter(model_uri: str, paths: list[str], mask_paths: list[str]) -> float:
+    """Mean per-image dice of the pyfunc model's masks against the true masks, at the images' own size."""
+    predicted = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": paths}))
+    dices = [dice_iou(np.asarray(mask, dtype=bool), read_mask(true))[0]
+             for mask, true in zip(predicted["mask"], mask_paths)]
+    return float(np.mean(dices))
+
+
+def _version_tags(cfg: Config, metric: str, score: float, extra: dict[str, Any]) -> dict[str, Any]:
+    root = Path.cwd()
+    return {"git_commit": git_commit(root), "dvc_data_hash": dvc_data_hash(root), "params_hash": cfg.params_hash,
+            "nanomorph.profile": cfg.profile, f"eval.{metric}": f"{score:.6f}", **extra}
+
+
+def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: str, model_uri: str,
+             score_fn, tags: dict[str, Any]) -> dict[str, Any]:
+    """Score the new model and the current champion, register the new version and give it its alias."""
+    new_score = score_fn(model_uri)
+    champion = version_by_alias(client, name, CHAMPION)
+    champion_score = score_fn(f"models:/{name}/{champion.version}") if champion is not None else None
+    decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
+                                  cfg.registry.margin)
+    if champion is not None and champion.tags.get("nanomorph.eval_split") != tags["nanomorph.eval_split"]:
+        # Still decided on today's evaluation set, but the champion may have trained on part of it.
+        decision = replace(decision, reason=decision.reason + (
+            f"; caution: champion v{champion.version} was built with another evaluation split "
+            f"({champion.tags.get('nanomorph.eval_split', 'unrecorded')}), so it may have trained on some of "
+            "these evaluation images"))
+    version = register_version(model_uri, name, _version_tags(cfg, metric, new_score, tags),
+                               description=f"nanomorph {kind}: {decision.reason}")
+    apply_decision(client, name, version.version, decision)
+    mlflow.log_metrics({f"{kind}.eval_{metric}": new_score,
+                        **({f"{kind}.champion_eval_{metric}": champion_score} if champion_score is not None else {})})
+    return {
+        "name": name, "version": str(version.version), "alias": decision.alias, "promoted": decision.promoted,
+        "reason": decision.reason, "metric": metric, "score": new_score, "margin": cfg.registry.margin,
+        "previous_champion": None if champion is None else {
+            "version": str(champion.version), "score": champion_score,
+            "eval_split": champion.tags.get("nanomorph.eval_split")},
+        "uri": f"models:/{name}@{decision.alias}",
+    }
+
+
+def run_register(cfg: Config, _args: argparse.Namespace) -> None:
+    rg, pt, sg, pr = cfg.registry, cfg.pretrain, cfg.segment, cfg.probe
+    probe_path, segment_path = Path("metrics/probe.json"), Path("metrics/segment.json")
+    for path, stage in ((probe_path, "probe"), (segment_path, "segment")):
+        if not path.is_file():
+            raise NanomorphError(f"{path}: no {stage} metrics; run the {stage} stage first")
+    choice = choose_encoder(json.loads(probe_path.read_text()), cfg.report.probe_report_n, pr.encoders)
+    encoder_name = choice["encoder"]
+    encoder_path = Path("models/encoders") / f"{encoder_name}.pt"
+    encoder = resolve_encoder(encoder_name, pt.arch, pt.seed)
+
+    rows = accepted(cfg.validate.manifest, "nanowire")
+    if rows.empty:
+        raise NanomorphError(f"{cfg.validate.manifest}: no usable nanowire images")
+    train_idx, eval_idx, eval_hash = evaluation_split(rows, rg.eval_fraction, rg.eval_seed)
+    train_rows, eval_rows = rows.iloc[train_idx], rows.iloc[eval_idx]
+    seg_train = train_rows[train_rows["mask_path"].notna()]
+    seg_eval = eval_rows[eval_rows["mask_path"].notna()]
+    if seg_train.empty or seg_eval.empty:
+        raise NanomorphError("the fixed split leaves no masked images to train or evaluate the segmenter on")
+    device = best_device()
+    common_tags = {"nanomorph.encoder": encoder_name, "nanomorph.eval_split": eval_hash,
+                   "nanomorph.eval_split_params": f"fraction={rg.eval_fraction},seed={rg.eval_seed}"}
+
+    with tracked(cfg, "register", ("registry",)):
+        mlflow.log_params({"encoder": encoder_name, "arch": pt.arch, "probe.C": pr.C, "probe.tol": pr.tol,
+                           "probe.max_iter": pr.max_iter,
+                           "segment.lr": sg.lr, "segment.epochs": sg.epochs_for(len(seg_train)),
+                           "train_images": len(train_rows), "eval_images": len(eval_rows), "eval_split": eval_hash})
+        client = MlflowClient()
+
+        images = load_image_stack([Path(p) for p in train_rows["path"]], pt.image_size)
+        probe = train_classifier(encoder, images, train_rows["label"].to_numpy(dtype=str), C=pr.C, tol=pr.tol,
+                                 max_iter=pr.max_iter, seed=rg.seed, device=device)
+        classifier_info = log_classifier(encoder_path, probe, image_size=pt.image_size, encoder_name=encoder_name)
+        eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
+        classifier = _promote(
+            cfg, client, "classifier", rg.classifier, "accuracy", classifier_info.model_uri,
+            lambda uri: score_classifier(uri, eval_paths, eval_labels),
+            {**common_tags, "train.images": len(train_rows), "probe.C": pr.C},
+        )
+        classifier.update(train_images=len(train_rows), eval_images=len(eval_rows))
+
+        epochs = sg.epochs_for(len(seg_train))
+        seg_images = load_image_stack([Path(p) for p in seg_train["path"]], sg.image_size)
+        seg_masks = load_mask_stack([Path(p) for p in seg_train["mask_path"]], sg.image_size)
+        unet = train_unet(encoder.resnet_state_dict(), seg_images, seg_masks, arch=pt.arch, epochs=epochs, lr=sg.lr,
+                          batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, seed=rg.seed, device=device,
+                          progress=True)
+        segmenter_info = log_segmenter(unet, arch=pt.arch, image_size=sg.image_size, encoder_name=encoder_name,
+                                       object_min_size=sg.object_min_size)
+        seg_eval_paths, seg_eval_masks = seg_eval["path"].tolist(), seg_eval["mask_path"].tolist()
+        segmenter = _promote(
+            cfg, client, "segmenter", rg.segmenter, "dice", segmenter_info.model_uri,
+            lambda uri: score_segmenter(uri, seg_eval_paths, seg_eval_masks),
+            {**common_tags, "train.images": len(seg_train), "train.epochs": epochs, "segment.lr": sg.lr},
+        )
+        segmenter.update(train_images=len(seg_train), eval_images=len(seg_eval), epochs=epochs,
+                         sweep_reference=sweep_reference(json.loads(segment_path.read_text()), encoder_name))
+
+        report = {
+            "encoder_choice": choice,
+            "eval_split": {"fraction": rg.eval_fraction, "seed": rg.eval_seed, "hash": eval_hash},
+            "classifier": classifier,
+            "segmenter": segmenter,
+            "registry": {name: registry_state(client, name)["aliases"] for name in (rg.classifier, rg.segmenter)},
+        }
+        write_json("metrics/register.json", report)
+        mlflow.log_artifact("metrics/register.json")
+    for kind in ("classifier", "segmenter"):
+        entry = report[kind]
+        print(f"{entry['name']} v{entry['version']} -> {entry['alias']}: {entry['reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("register", run_register, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nanomorph.report.build import write_report
+from nanomorph.report.gallery import caption_from_name, collect_figures
+
+ROOT = Path(__file__).resolve().parents[2]
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+def _png(path: Path, colour: tuple[int, int, int]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 30, 3), colour, dtype=np.uint8)).save(path)
+    return path
+
+
+def _metrics(tmp_path: Path, with_optional: bool = True) -> Path:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    rng = np.random.default_rng(0)
+    # The linear probe scores 0.5-0.9, its k-NN baseline 0.0-0.1: the headline must show the linear probe only.
+    # Baselines are named like the probe stage names them: encoder 'simclr+knn', classifier 'knn'.
+    pd.DataFrame([{"encoder": e if c == "linear" else f"{e}+{c}", "classifier": c, "split_seed": s, "n": n,
+                   "accuracy": rng.uniform(0.5, 0.9) if c == "linear" else rng.uniform(0.0, 0.1)}
+                  for e in ("simclr", "random") for c in ("linear", "knn") for s in range(3) for n in (1, 8)]
+                 ).to_csv(metrics / "probe_results.csv", index=False)
+    pd.DataFrame([{"encoder": e, "seed": 0, "n": n, "image_index": i, "dice": rng.uniform(), "iou": rng.uniform()}
+                  for e in ("simclr", "random") for n in (1, 4) for i in range(4)]
+                 ).to_csv(metrics / "segment_results.csv", index=False)
+    if with_optional:
+        (metrics / "validate.json").write_text(json.dumps({"files": 784, "quarantined": 3, "nanowire_ok": 397}))
+        (metrics / "analyse.json").write_text(json.dumps({
+            "percolation_agreement_dispersed_vs_network": 0.95, "median_density": {"network": 0.2, "dispersed": 0.04},
+            "percolating_share": {"network": 0.9, "dispersed": 0.0}}))
+        pd.DataFrame({"image": ["a", "b", "c", "d"], "label": ["network", "network", "dispersed", "dispersed"],
+                      "density": [0.2, 0.22, 0.04, 0.05], "percolates": [True, False, False, False]}
+                     ).to_csv(metrics / "morphology.csv", index=False)
+        entry = {"alias": "challenger", "metric": "accuracy", "name": "nanomorph-classifier", "version": "2",
+                 "score": 0.61, "previous_champion": {"version": "1", "score": 0.64},
+                 "reason": "does not beat the champion by more than the margin"}
+        (metrics / "register.json").write_text(json.dumps({
+            "classifier": entry, "encoder_choice": {"encoder": "simclr", "labels_per_class": 8,
+                                                    "median_probe_accuracy": {"simclr": 0.6, "barlow_twins": 0.5}},
+            "eval_split": {"fraction": 0.2, "seed": 1, "hash": "abc123"},
+            "registry": {"nanomorph-classifier": {"champion": "1", "challenger": "2"}}}))
+    return metrics
+
+
+def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
+    metrics = _metrics(tmp_path)
+    tsne = _png(tmp_path / "figures/probe/tsne_simclr.png", (10, 200, 10))
+    overlay = _png(tmp_path / "figures/segment/examples/overlay_network-000.png", (200, 10, 10))
+    out = tmp_path / "reports"
+    paths = write_report(metrics, out, "micro", 8, (tmp_path / "figures/probe", tmp_path / "figures/segment"))
+
+    page = paths["html"].read_text()
+    sources = re.findall(r'<img alt="[^"]*" src="([^"]+)"', page)
+    assert len(sources) == 5  # 2 box plots, morphology, t-SNE, overlay
+    assert all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
+    inlined = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
+    assert {tsne.read_bytes(), overlay.read_bytes(), paths["morphology_plot"].read_bytes()} <= inlined
+    for text in ("t-SNE SimCLR", "Overlay network 000", "Data validation", "784", "95.0%",
+                 "nanomorph-classifier", "challenger", "v1 (0.640)", "does not beat the champion", "abc123",
+                 "Deployed encoder: simclr"):
+        assert text in page, text
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+    markdown = paths["markdown"].read_text()
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (out / link).resolve().is_file(), link
+    assert "../figures/probe/tsne_simclr.png" in markdown
+
+    headline = json.loads(paths["metrics"].read_text())
+    assert set(headline["probe"]["median_accuracy"]) == {"simclr", "random"}
+    assert all(0.5 <= v <= 0.9 for v in headline["probe"]["median_accuracy"].values())
+    assert "| n | random | random+knn | simclr | simclr+knn |" in markdown  # baselines tabled under their names
+    assert headline["registry"]["classifier"] == {"name": "nanomorph-classifier", "version": "2",
+                                                  "alias": "challenger", "metric": "accuracy", "score": 0.61}
+    assert headline["validate"]["quarantined"] == 3
+
+
+def test_missing_inputs_are_named_in_the_report(tmp_path):
+    metrics = _metrics(tmp_path, with_optional=False)
+    paths = write_report(metrics, tmp_path / "reports", "micro", 8, (tmp_path / "none1", tmp_path / "none2"))
+    page = paths["html"].read_text()
+    for text in ("metrics/validate.json is missing", "metrics/analyse.json is missing",
+                 "metrics/morphology.csv is missing", "metrics/register.json is missing",
+                 "No figures under"):
+        assert text in page, text
+    assert "morphology_plot" not in paths
+    assert json.loads(paths["metrics"].read_text())["registry"] == {}
+
+
+def test_captions_from_file_names(tmp_path):
+    assert caption_from_name("tsne_simclr-n80.png") == "t-SNE SimCLR n80"
+    assert caption_from_name("dice_vs_train_size.png") == "Dice vs train size"
+    assert caption_from_name("confusion_barlow_twins.png") == "Confusion Barlow Twins"
+    _png(tmp_path / "b.png", (0, 0, 0))
+    _png(tmp_path / "sub/a.png", (0, 0, 0))
+    (tmp_path / "notes.txt").write_text("x")
+    assert [f.path.name for f in collect_figures(tmp_path)] == ["b.png", "a.png"]  # sorted by path
+    assert collect_figures(tmp_path / "absent") == []
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium/chrome installed (Debian: apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    paths = write_report(_metrics(tmp_path), tmp_path / "reports", "micro", 8,
+                         (tmp_path / "figures/probe", tmp_path / "figures/segment"))
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/render_report.py"), str(paths["html"]),
+                           "--out", str(shot), "--height", "1500"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape == (1500, 1200, 3)
+    # Rendered content: dark text pixels and the coloured box plots, not just a white page.
+    assert (pixels.sum(axis=2) < 150).mean() > 0.001
+    assert (np.ptp(pixels, axis=2) > 60).mean() > 0.001

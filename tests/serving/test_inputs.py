@@ -1,0 +1,57 @@
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from nanomorph.data.io import load_image_stack
+from nanomorph.errors import ImageReadError
+from nanomorph.serving.inputs import images_from_frame, resize_for_model, resize_mask
+
+
+def test_rows_from_paths_and_arrays(tmp_path):
+    raw = (np.arange(30 * 20, dtype=np.uint16).reshape(30, 20) * 100)
+    tifffile.imwrite(tmp_path / "a.tif", raw)
+    inline = np.linspace(0, 1, 12).reshape(3, 4)
+    frame = pd.DataFrame({"path": [str(tmp_path / "a.tif"), None, np.nan],
+                          "image": [None, inline.tolist(), np.array([[0, 255]], dtype=np.uint8)]})
+    first, second, third = images_from_frame(frame)
+    np.testing.assert_allclose(first, raw / 65535, atol=1e-6)
+    np.testing.assert_allclose(second, inline, atol=1e-7)
+    np.testing.assert_allclose(third, [[0.0, 1.0]])  # uint8 scaled by its type's range
+    assert all(image.dtype == np.float32 for image in (first, second, third))
+
+
+@pytest.mark.parametrize("frame, message", [
+    (pd.DataFrame({"other": [1]}), "needs a 'path' or an 'image' column"),
+    (pd.DataFrame({"path": ["x"], "image": [[[0.5]]]}), "row 0: set exactly one of 'path' and 'image'"),
+    (pd.DataFrame({"path": [None]}), "row 0: set exactly one"),
+    (pd.DataFrame({"image": [[[0.1, 2.0]]]}), r"intensities must lie in \[0, 1\], got \[0.1, 2\]"),
+    (pd.DataFrame({"image": [[0.1, 0.2]]}), "must be a 2-D gray array"),
+    (pd.DataFrame({"image": [[[0.1, 0.2], [0.3]]]}), "not a rectangular 2-D array"),
+    (pd.DataFrame({"image": [[[0.1, float("nan")]]]}), "NaN or infinite"),
+])
+def test_bad_rows_are_refused(frame, message):
+    with pytest.raises(ValueError, match=message):
+        images_from_frame(frame)
+
+
+def test_unreadable_path_names_the_file(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(ImageReadError, match="bad.png: not a recognised image format"):
+        images_from_frame(pd.DataFrame({"path": [str(tmp_path / "bad.png")]}))
+
+
+def test_served_resizing_matches_the_training_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 65535, size=(50, 70), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", raw)
+    (served,) = images_from_frame(pd.DataFrame({"path": [str(tmp_path / "x.tif")]}))
+    np.testing.assert_array_equal(resize_for_model(served, 32), load_image_stack([tmp_path / "x.tif"], 32)[0])
+
+
+def test_mask_resizing_keeps_it_binary_and_its_shape():
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[10:12, :] = True
+    big = resize_mask(mask, (64, 96))
+    assert big.dtype == bool and big.shape == (64, 96)
+    assert big[20:24].all() and not big[:20].any() and not big[24:].any()

@@ -1,0 +1,64 @@
+"""`nanomorph predict` on a folder with good and bad files, against the tiny registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from nanomorph.cli import main
+
+from conftest import CLASSIFIER, SEGMENTER
+
+
+def _folder_with_bad_files(tiny_registry, tmp_path):
+    folder = tmp_path / "batch"
+    (folder / "nested").mkdir(parents=True)
+    for path in tiny_registry.files:
+        (folder / "nested" / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"this is not a PNG")
+    (folder / "empty.tif").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image: ignored when a folder is searched")
+    return folder
+
+
+def test_predict_classifies_segments_and_skips_bad_files(tiny_registry, tmp_path, capsys):
+    folder = _folder_with_bad_files(tiny_registry, tmp_path)
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--model", f"{CLASSIFIER}@champion", "--segmenter", f"{SEGMENTER}@champion",
+                 "--out", str(out), "--tracking-uri", tiny_registry.tracking_uri, "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = pd.read_csv(out / "predictions.csv")
+    assert sorted(table["file"].map(lambda f: f.split("/")[-1])) == sorted(p.name for p in tiny_registry.files)
+    classes = [str(c) for c in tiny_registry.probe.classes_]
+    assert {"class", "density", "percolates", "objects", "overlay", *(f"prob_{c}" for c in classes)} <= set(table)
+    np.testing.assert_allclose(table[[f"prob_{c}" for c in classes]].sum(axis=1), 1.0, atol=1e-9)
+    for _, row in table.iterrows():
+        overlay = np.asarray(Image.open(row["overlay"]))
+        source = np.asarray(Image.open(row["file"]))
+        assert overlay.shape == (*source.shape[:2], 3)
+        assert 0.0 <= row["density"] <= 1.0 and row["objects"] >= 0
+    skipped = pd.read_csv(out / "skipped.csv").set_index("file")["reason"]
+    assert {p.split("/")[-1] for p in skipped.index} == {"broken.png", "empty.tif"}
+    assert "empty file" in skipped[str(folder / "empty.tif")]
+    assert f"skipped {folder / 'broken.png'}:" in captured.err
+    assert "3 of 5 images predicted" in captured.out
+
+
+def test_predict_with_only_a_classifier_writes_no_segmentation(tiny_registry, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_registry.files[0]), "--model", CLASSIFIER, "--out", str(out),
+                 "--tracking-uri", tiny_registry.tracking_uri, "--no-progress"]) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 1 and "class" in table and "density" not in table
+    assert not (out / "overlays").exists()
+
+
+def test_unknown_model_is_one_line(tiny_registry, tmp_path, capsys):
+    code = main(["predict", str(tiny_registry.files[0]), "--model", f"{CLASSIFIER}@nonexistent",
+                 "--tracking-uri", tiny_registry.tracking_uri, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"nanomorph predict: error: model '{CLASSIFIER}@nonexistent' not found in the registry at "
+                   f"{tiny_registry.tracking_uri} (run the register stage, or check the name and alias)"]

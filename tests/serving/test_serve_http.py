@@ -1,0 +1,83 @@
+"""`mlflow models serve` answers real HTTP requests with the registered champion classifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CLASSIFIER
+
+STARTUP_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    mlflow_cli = [sys.executable, "-m", "mlflow"]
+    with open(log, "w") as sink:
+        # Own session: the server starts uvicorn workers; the whole group is stopped at the end.
+        server = subprocess.Popen(
+            [*mlflow_cli, "models", "serve", "-m", f"models:/{CLASSIFIER}@champion", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, env=tiny_registry.env, cwd=tiny_registry.root,
+            start_new_session=True)
+    try:
+        _wait_ready(url, server, log)
+        data = [[str(path)] for path in tiny_registry.files]
+        by_path = _post(url, {"dataframe_split": {"columns": ["path"], "data": data}})
+        inline = _post(url, {"dataframe_records": [{"image": tiny_registry.file_images[0].tolist()}],
+                             "params": {"return_embeddings": True}})
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    classes = [str(c) for c in tiny_registry.probe.classes_]
+    rows = by_path["predictions"]
+    assert len(rows) == len(tiny_registry.files)
+    for row in rows:
+        probs = np.array([row[f"prob_{c}"] for c in classes])
+        assert probs.sum() == pytest.approx(1.0) and (probs >= 0).all()
+        assert row["class"] == classes[int(probs.argmax())]
+    first = inline["predictions"][0]
+    assert first["class"] == rows[0]["class"]
+    assert first["prob_network"] == pytest.approx(rows[0]["prob_network"], abs=1e-6)
+    assert len(first["embedding"]) == tiny_registry.encoder.out_dim
