@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from nanomorph.probe.batched import (
-    ProbeTask, choose_method, fit_softmax_batched, lbfgs_batched, solve_probes, standardise,
+    ProbeTask, choose_method, fit_softmax_batched, solve_probes, standardise,
 )
 from nanomorph.probe.sweep import label_budget_runs, label_budget_sweep
 
@@ -129,20 +129,6 @@ def test_non_convergence_is_reported():
     with pytest.warns(UserWarning, match="stopped above"):
         result = solve_probes({"f": X}, y, 4, [task], tol=1e-12, max_iter=2, method="lbfgs")
     assert not result.converged[0] and result.n_iter[0] == 2
-
-
-def test_lbfgs_batched_solves_problems_of_very_different_curvature():
-    """Independent quadratics 0.5 sum_j c_pj (x_j - t_pj)^2 with curvatures from 1e-2 to 1e2."""
-    rng = np.random.default_rng(0)
-    curv = torch.from_numpy(10 ** rng.uniform(-2, 2, (5, 6)))
-    target = torch.from_numpy(rng.normal(size=(5, 6)))
-
-    def fun(x):
-        return 0.5 * (curv * (x - target) ** 2).sum(1), curv * (x - target)
-
-    x, n_iter, converged, _ = lbfgs_batched(fun, torch.zeros(5, 6, dtype=torch.float64), tol=1e-10, max_iter=500)
-    assert converged.all()
-    np.testing.assert_allclose(x.numpy(), target.numpy(), atol=1e-8)
 
 
 def test_method_choice_and_errors():

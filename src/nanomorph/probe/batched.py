@@ -393,14 +393,33 @@ def _chunks(order: Sequence[int], rows: np.ndarray, predict_rows: np.ndarray, di
 def solve_probes(feature_sets: Mapping[object, np.ndarray], codes: np.ndarray, n_classes: int,
                  tasks: Sequence[ProbeTask], C: float = 1.0, tol: float = 1e-8, max_iter: int = 1000,
                  history: int = 10, method: str = "auto", max_elements: int = 2**25, max_padding: float = 1.25,
-                 keep_coef: bool = False, progress: bool = False, desc: str = "probes") -> BatchedResult:
+                 keep_coef: bool = False, progress: bool = False, desc: str = "probes",
+                 num_threads: int | None = 1) -> BatchedResult:
     """Fit every task's probe and predict its `predict_idx` rows, in batches of similar training-set size.
 
     `codes` are integer classes 0..n_classes-1 of all rows (shared by every feature set). Tasks are sorted by
     training-set size and grouped into chunks of at most `max_elements` float64 values (2**25: 256 MiB) whose
-    training sets differ by at most a factor `max_padding`, so padding is small and memory bounded. A task that does not reach `tol` within `max_iter` iterations is
-    reported in `converged` and warned about (like scikit-learn's ConvergenceWarning).
+    training sets differ by at most a factor `max_padding`, so padding is small and memory bounded. A task
+    that stops above `tol` is reported in `converged` and warned about (like scikit-learn's
+    ConvergenceWarning).
+
+    `num_threads` caps torch's intra-op threads while solving (restored afterwards; None leaves them): the
+    solver runs thousands of small tensor operations, for which OpenMP's fork/join per operation costs more
+    than it gains, and on a busy machine a thread waiting for a descheduled partner stalls every operation
+    (the same sweep chunk took 6 s on one thread and 25 s on two on our shared 2-core machine).
     """
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _solve(feature_sets, codes, n_classes, tasks, C, tol, max_iter, history, method, max_elements,
+                      max_padding, keep_coef, progress, desc)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _solve(feature_sets, codes, n_classes, tasks, C, tol, max_iter, history, method, max_elements, max_padding,
+           keep_coef, progress, desc) -> BatchedResult:
     codes = np.asarray(codes)
     if not tasks:
         return BatchedResult([], np.zeros(0, int), np.zeros(0, bool), np.zeros(0))
@@ -409,15 +428,19 @@ def solve_probes(feature_sets: Mapping[object, np.ndarray], codes: np.ndarray, n
             raise KeyError(f"no feature set {task.features!r}")
         if len(task.fit_idx) == 0:
             raise ValueError("a probe needs at least one training row")
-    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in feature_sets.items()
-               if any(t.features == k for t in tasks)}
-    dims = {int(t.shape[1]) for t in tensors.values()}
-    if len(dims) != 1:
-        raise ValueError(f"feature sets of one call must share their dimension, got {sorted(dims)}")
-    D = dims.pop()
+    keys = list(dict.fromkeys(t.features for t in tasks))
+    shapes = {np.shape(feature_sets[k]) for k in keys}
+    if len(shapes) != 1:
+        raise ValueError(f"feature sets of one call must share their shape, got {sorted(shapes)}")
+    table = torch.from_numpy(np.stack([np.asarray(feature_sets[k], dtype=np.float64) for k in keys]))
+    if table.shape[1] != len(codes):
+        raise ValueError(f"feature sets have {table.shape[1]} rows for {len(codes)} class codes")
+    key_of = {k: i for i, k in enumerate(keys)}
+    D = table.shape[2]
+    codes_t = torch.from_numpy(codes.astype(np.int64))
     rows = np.array([len(t.fit_idx) for t in tasks])
     predict_rows = np.array([max(len(t.predict_idx), 1) for t in tasks])
-    order = sorted(range(len(tasks)), key=lambda i: (rows[i], str(tasks[i].features)))
+    order = sorted(range(len(tasks)), key=lambda i: (rows[i], key_of[tasks[i].features]))
     predictions: list[np.ndarray] = [np.zeros(0, dtype=int)] * len(tasks)
     coefs: list[np.ndarray] = []
     intercepts: list[np.ndarray] = []
@@ -426,27 +449,29 @@ def solve_probes(feature_sets: Mapping[object, np.ndarray], codes: np.ndarray, n
     n_iter = np.zeros(len(tasks), dtype=int)
     converged = np.zeros(len(tasks), dtype=bool)
     grad_norm = np.zeros(len(tasks))
+
+    def padded(index_lists: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, width) row indices, padding repeating each list's first row, and the mask of real entries."""
+        idx = np.zeros((len(index_lists), width), dtype=np.int64)
+        mask = np.zeros((len(index_lists), width), dtype=bool)
+        for j, rows_j in enumerate(index_lists):
+            idx[j, : len(rows_j)] = rows_j
+            idx[j, len(rows_j):] = rows_j[0] if len(rows_j) else 0
+            mask[j, : len(rows_j)] = True
+        return torch.from_numpy(idx), torch.from_numpy(mask)
+
     with tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False) as bar:
         for chunk in _chunks(order, rows, predict_rows, D, n_classes, method, max_elements, max_padding):
-            P, m, n_pred = len(chunk), int(rows[chunk].max()), int(predict_rows[chunk].max())
-            X = torch.zeros(P, m, D, dtype=DTYPE)
-            y = torch.zeros(P, m, dtype=torch.long)
-            row_mask = torch.zeros(P, m, dtype=torch.bool)
-            class_mask = torch.zeros(P, n_classes, dtype=torch.bool)
-            Xp = torch.zeros(P, n_pred, D, dtype=DTYPE)
-            for j, i in enumerate(chunk):
-                fit_idx, predict_idx = np.asarray(tasks[i].fit_idx), np.asarray(tasks[i].predict_idx)
-                feats = tensors[tasks[i].features]
-                y_fit = torch.from_numpy(codes[fit_idx].astype(np.int64))
-                X[j, : len(fit_idx)] = feats[fit_idx]
-                y[j, : len(fit_idx)] = y_fit
-                y[j, len(fit_idx):] = y_fit[0]  # padding rows carry weight 0; a present class keeps logp finite
-                row_mask[j, : len(fit_idx)] = True
-                class_mask[j, y_fit] = True
-                Xp[j, : len(predict_idx)] = feats[predict_idx]
+            sets = torch.tensor([key_of[tasks[i].features] for i in chunk])[:, None]
+            fit_rows, row_mask = padded([np.asarray(tasks[i].fit_idx) for i in chunk], int(rows[chunk].max()))
+            pred_rows, _ = padded([np.asarray(tasks[i].predict_idx) for i in chunk], int(predict_rows[chunk].max()))
+            X = table[sets, fit_rows]  # (P, m, D) gathered in one indexing operation
+            y = codes_t[fit_rows]  # padding repeats a real row: a present class, weight 0
+            class_mask = torch.zeros(len(chunk), n_classes, dtype=torch.bool)
+            class_mask[torch.arange(len(chunk))[:, None].expand_as(y)[row_mask], y[row_mask]] = True
             mean, scale, W, b, its, conv, gnorm = fit_softmax_batched(X, y, row_mask, class_mask, C, tol,
                                                                       max_iter, history, method)
-            pred = predict_batched(Xp, mean, scale, W, b, class_mask).numpy()
+            pred = predict_batched(table[sets, pred_rows], mean, scale, W, b, class_mask).numpy()
             for j, i in enumerate(chunk):
                 predictions[i] = pred[j, : len(tasks[i].predict_idx)]
                 n_iter[i], converged[i], grad_norm[i] = int(its[j]), bool(conv[j]), float(gnorm[j])
@@ -454,7 +479,7 @@ def solve_probes(feature_sets: Mapping[object, np.ndarray], codes: np.ndarray, n
                     # Weights on standardised features, as scikit-learn's coef_.T after its StandardScaler.
                     coefs[i] = W[j].numpy()
                     intercepts[i] = b[j].masked_fill(~class_mask[j], -math.inf).numpy()
-            bar.update(P)
+            bar.update(len(chunk))
     if not converged.all():
         warnings.warn(f"{(~converged).sum()} of {len(tasks)} batched probes stopped above |gradient| <= {tol:g} "
                       f"(largest {grad_norm.max():.2e}; out of {max_iter} iterations or at float64 precision)",
