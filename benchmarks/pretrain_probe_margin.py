@@ -13,7 +13,8 @@ margin over the random-init encoder of the same seed.
     python benchmarks/pretrain_probe_margin.py --threads 1   # on a busy shared machine
 
 Results go to benchmarks/results/pretrain_probe_margin.json (rewritten after every encoder, so a run cut
-short keeps what it finished) and to MLflow experiment "nanomorph-benchmarks".
+short keeps what it finished, and `--resume` goes on from there) and to MLflow experiment
+"nanomorph-benchmarks".
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main() -> None:
                         help="torch intra-op threads (default: torch's); 1 on a machine shared with other jobs, "
                              "where two threads contending for busy cores make every step several times slower")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pretrain_probe_margin.json"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the (encoder, seed) results already in --out, if run with the same params")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -129,6 +132,12 @@ def main() -> None:
                "python": platform.python_version(),
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     runs: list[dict] = []
+    if args.resume and args.out.is_file():
+        previous = json.loads(args.out.read_text())
+        if previous["params"] != params:
+            raise SystemExit(f"{args.out} was written with other params; rerun without --resume")
+        runs = previous["runs"]
+    done = {(r["encoder"], r["seed"]) for r in runs}
 
     def save() -> dict:
         summary = summarise(runs, args.methods)
@@ -140,11 +149,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generic, nanowires, labels = make_data(Path(tmp), cfg.data.classes, p.image_size, p.source_size)
     for seed in args.seeds:
-        features = extract_features(random_encoder(p.arch, seed), nanowires)
-        runs.append({"encoder": "random", "seed": seed,
-                     **probe_accuracy(features, labels, cfg, args.labels_per_class, args.split_seeds)})
-        save()
+        if ("random", seed) not in done:
+            features = extract_features(random_encoder(p.arch, seed), nanowires)
+            runs.append({"encoder": "random", "seed": seed,
+                         **probe_accuracy(features, labels, cfg, args.labels_per_class, args.split_seeds)})
+            save()
         for method in args.methods:
+            if (method, seed) in done:
+                continue
             started = time.perf_counter()
             encoder, last = pretrained_encoder(generic, cfg, method, seed)
             seconds = time.perf_counter() - started

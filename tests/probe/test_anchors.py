@@ -49,6 +49,8 @@ def test_inverted_anchors_do_worse():
     row = summary.iloc[0]
     assert row.median_accuracy_inverted < row.median_accuracy_ordered - 0.05
     assert row.p < 0.01
+    assert row.gap_spearman_rho > 0 and row.gap_spearman_p < 0.05  # wider right-side gap, better probe
+    np.testing.assert_allclose(table.density_gap, table.density_network - table.density_dispersed)
 
 
 def test_atypical_anchors_do_worse():

@@ -133,7 +133,7 @@ def test_non_convergence_is_reported():
 
 def test_method_choice_and_errors():
     assert choose_method("auto", 4, rows=32, dim=512) == "newton"
-    assert choose_method("auto", 4, rows=320, dim=512) == "lbfgs"
+    assert choose_method("auto", 4, rows=128, dim=512) == "lbfgs"
     assert choose_method("lbfgs", 4, rows=4, dim=512) == "lbfgs"
     with pytest.raises(ValueError, match="unknown batched method"):
         choose_method("adam", 4, 4, 4)

@@ -94,3 +94,34 @@ def test_summarise_sweep_median_and_iqr():
     assert s.loc[1, "macro_f1_median"] == pytest.approx(0.2)
     by_encoder = summarise_sweep(pd.concat([df.assign(encoder="a"), df.assign(encoder="b")]))
     assert len(by_encoder) == 4 and list(by_encoder.columns[:2]) == ["encoder", "n"]
+
+
+def test_probe_sweep_tidy_table_with_knn_rows_and_encoder_seeds():
+    from nanomorph.probe.sweep import SWEEP_KEYS, probe_sweep
+
+    feature_sets = {("enc", 0): _informative(0), ("enc", 1): _informative(1), ("noise", 0): _random(2, dim=32)}
+    result = probe_sweep(feature_sets, LABELS, [1, 4], split_seeds=[0, 1], test_fraction=0.2)
+    table = result.table
+    assert list(table.columns) == [*SWEEP_KEYS, "accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)]
+    assert len(table) == 2 * 3 * 2 * 2  # classifiers x feature sets x splits x sizes
+    assert set(table.encoder) == {"enc", "noise", "enc+knn", "noise+knn"}
+    assert set(table[table.encoder == "enc"].encoder_seed) == {0, 1}
+    assert (table[table.encoder.str.endswith("+knn")].classifier == "knn").all()
+    # Every method is scored on the same runs.
+    runs = table.groupby(["encoder", "encoder_seed"])[["split_seed", "n"]].apply(
+        lambda g: sorted(map(tuple, g.to_numpy())))
+    assert len({tuple(r) for r in runs}) == 1
+    assert table[table.encoder == "enc"].accuracy.median() > table[table.encoder == "noise"].accuracy.median()
+
+
+def test_pooled_confusion_counts_every_test_prediction():
+    from nanomorph.probe.sweep import probe_sweep
+
+    result = probe_sweep({("enc", 0): _informative(3)}, LABELS, [2, 8], split_seeds=range(3), test_fraction=0.2,
+                         classifiers=("linear",))
+    matrix = result.pooled_confusion("enc", 8, CLASSES, LABELS)
+    assert matrix.sum() == 3 * 40 and (matrix.sum(1) == 3 * 10).all()
+    at_8 = result.table[result.table.n == 8]
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(at_8.accuracy.mean())
+    with pytest.raises(ValueError, match="no probes"):
+        result.pooled_confusion("enc", 5, CLASSES, LABELS)

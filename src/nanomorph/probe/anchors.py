@@ -10,9 +10,9 @@ A one-shot probe is fitted on one labelled image (its anchor) per class. For eac
   network anchor ("inverted") has its anchors on the wrong sides of the density boundary between the classes.
 
 The paper's finding is that inverted one-shot probes do worse; `summarise_anchors` tests it (two-sided
-Mann-Whitney U of accuracy, inverted vs correctly ordered) and correlates atypicality with accuracy
-(Spearman). The class medians use every image: this is a description of the data, not a model choice, and
-no probe is fitted or selected with it.
+Mann-Whitney U of accuracy, inverted vs correctly ordered; Spearman of accuracy vs the density gap between
+the two anchors) and correlates atypicality with accuracy (Spearman). The class medians use every image:
+this is a description of the data, not a model choice, and no probe is fitted or selected with it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from nanomorph.probe.stats import mann_whitney
 from nanomorph.probe.sweep import label_budget_runs
 
 SUMMARY_COLUMNS = ["encoder", "encoder_seed", "probes", "inverted", "median_accuracy_inverted",
-                   "median_accuracy_ordered", "U", "p", "spearman_rho", "spearman_p"]
+                   "median_accuracy_ordered", "U", "p", "spearman_rho", "spearman_p", "gap_spearman_rho",
+                   "gap_spearman_p"]
 
 
 def anchor_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -83,26 +84,36 @@ def anchor_study(feature_sets: Mapping[tuple[str, int], np.ndarray], labels: np.
         row[f"density_{dense_class}"] = float(densities[anchors[dense_class]])
         if not np.isfinite([row[f"density_{sparse_class}"], row[f"density_{dense_class}"]]).all():
             raise ValueError(f"anchor images {anchors[sparse_class]} / {anchors[dense_class]} have no density")
-        row["inverted"] = bool(row[f"density_{sparse_class}"] > row[f"density_{dense_class}"])
+        # How far apart, on the right sides, the two anchors sit (negative: inverted).
+        row["density_gap"] = row[f"density_{dense_class}"] - row[f"density_{sparse_class}"]
+        row["inverted"] = bool(row["density_gap"] < 0)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float]:
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return float("nan"), float("nan")
+    rho, p = spearmanr(x, y)
+    return float(rho), float(p)
 
 
 def summarise_anchors(table: pd.DataFrame) -> pd.DataFrame:
     """Per feature set: how many one-shot probes are inverted, median accuracy of inverted vs ordered
     probes, two-sided Mann-Whitney U (of the inverted group) and p, Spearman rho and p of atypicality vs
-    accuracy. A test with an empty group or a constant variable is undefined and reported as NaN."""
+    accuracy, and of the density gap (dense-class anchor minus sparse-class anchor) vs accuracy -- the
+    continuous form of the inversion test, defined even when no draw is inverted. A test with an empty
+    group or a constant variable is undefined and reported as NaN."""
     rows = []
     for (encoder, seed), group in table.groupby(["encoder", "encoder_seed"], sort=False):
         inv = group.loc[group["inverted"], "accuracy"].to_numpy(dtype=float)
         ordered = group.loc[~group["inverted"], "accuracy"].to_numpy(dtype=float)
         U, p = mann_whitney(inv, ordered)
-        if len(group) > 2 and group["atypicality"].nunique() > 1 and group["accuracy"].nunique() > 1:
-            rho, rho_p = spearmanr(group["atypicality"], group["accuracy"])
-        else:
-            rho, rho_p = float("nan"), float("nan")
+        rho, rho_p = _spearman(group["atypicality"], group["accuracy"])
+        gap_rho, gap_p = _spearman(group["density_gap"], group["accuracy"])
         rows.append({"encoder": encoder, "encoder_seed": int(seed), "probes": len(group), "inverted": len(inv),
                      "median_accuracy_inverted": float(np.median(inv)) if inv.size else float("nan"),
                      "median_accuracy_ordered": float(np.median(ordered)) if ordered.size else float("nan"),
-                     "U": U, "p": p, "spearman_rho": float(rho), "spearman_p": float(rho_p)})
+                     "U": U, "p": p, "spearman_rho": rho, "spearman_p": rho_p,
+                     "gap_spearman_rho": gap_rho, "gap_spearman_p": gap_p})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

@@ -204,7 +204,9 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
                                          "median_accuracy_inverted": r.median_accuracy_inverted,
                                          "median_accuracy_ordered": r.median_accuracy_ordered,
                                          "mann_whitney_p": r.p, "spearman_rho_atypicality": r.spearman_rho,
-                                         "spearman_p": r.spearman_p} for r in anchor_summary.itertuples()},
+                                         "spearman_p": r.spearman_p, "spearman_rho_density_gap": r.gap_spearman_rho,
+                                         "spearman_p_density_gap": r.gap_spearman_p}
+                        for r in anchor_summary.itertuples()},
             "advisor": {f"{r.encoder}": {} for r in advisor.itertuples()},
         }
         for r in advisor.itertuples():
@@ -217,7 +219,8 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         metrics["sweep_seconds"] = sweep_seconds
         metrics["feature_cache_reused"] = hits
         for r in anchor_summary.itertuples():
-            metrics.update({f"{r.encoder}.anchor_inverted_p": r.p, f"{r.encoder}.anchor_spearman_rho": r.spearman_rho})
+            metrics.update({f"{r.encoder}.anchor_inverted_p": r.p, f"{r.encoder}.anchor_spearman_rho": r.spearman_rho,
+                            f"{r.encoder}.anchor_gap_spearman_rho": r.gap_spearman_rho})
         for r in advisor.itertuples():
             metrics[f"{r.encoder}.advisor_minus_random.k{r.k}"] = r.advisor_minus_random
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})

@@ -1,0 +1,83 @@
+"""The probe stage end to end on a tiny generated image set with the random-init encoder (no pretraining)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from nanomorph.stages._common import stage_main
+from nanomorph.stages.probe import run_probe
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("bundle", "dispersed", "network", "singular")
+DENSITY = {"bundle": 0.15, "dispersed": 0.05, "network": 0.3, "singular": 0.02}
+
+
+def _write_dataset(root: Path, per_class: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in CLASSES:
+        for i in range(per_class):
+            mask = rng.random((32, 32)) < DENSITY[label] * rng.uniform(0.7, 1.3)
+            image = np.clip(0.7 - 0.4 * mask + rng.normal(0, 0.05, mask.shape), 0, 1)
+            image_path = root / "raw" / label / f"{label}_{i}.png"
+            mask_path = root / "raw" / label / f"{label}_{i}_mask.png"
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 255).astype(np.uint8)).save(image_path)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+            rows.append({"kind": "nanowire", "path": str(image_path.relative_to(root)), "label": label,
+                         "mask_path": str(mask_path.relative_to(root)), "status": "ok",
+                         "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest()})
+    (root / "data/validated").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "data/validated/manifest.csv", index=False)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "micro"
+    params["probe"].update({"encoders": ["random"], "figure_n": 2, "advisor_budgets": [4]})
+    params["probe"]["scale"]["micro"].update({"labels_per_class": [1, 2], "split_seeds": 2, "anchor_probes": 6,
+                                              "advisor_seeds": 2, "advisor_random_draws": 2, "tsne_perplexity": 5})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "metrics").mkdir()
+    _write_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def test_stage_writes_every_output_and_reuses_its_feature_cache(project):
+    assert stage_main("probe", run_probe, argv=[]) == 0
+    results = pd.read_csv("metrics/probe_results.csv")
+    assert list(results.columns[:5]) == ["encoder", "classifier", "encoder_seed", "split_seed", "n"]
+    assert set(results.encoder) == {"random", "random+knn"} and len(results) == 2 * 2 * 2
+    for name in ("probe_stats", "probe_anchor", "probe_advisor", "probe_summary"):
+        assert len(pd.read_csv(f"metrics/{name}.csv")) > 0, name
+    anchors = pd.read_csv("metrics/probe_anchor.csv")
+    assert len(anchors) == 6 and (anchors.density_network > anchors.density_dispersed).all()
+    figures = sorted(p.name for p in Path("figures/probe").glob("*.png"))
+    assert figures == ["accuracy_vs_labels.png", "confusion_n2.png", "tsne_random.png"]
+    first = json.loads(Path("metrics/probe.json").read_text())
+    assert set(first["median_accuracy"]) == {"random"} and set(first["baselines"]) == {"random+knn"}
+    assert first["feature_cache"] == {"extracted": 1, "reused": 0}
+    cached = sorted(p.name for p in Path("data/features").iterdir())
+    assert len(cached) == 3 and "index.json" in cached
+
+    assert stage_main("probe", run_probe, argv=[]) == 0
+    second = json.loads(Path("metrics/probe.json").read_text())
+    assert second["feature_cache"] == {"extracted": 0, "reused": 1}
+    assert second["median_accuracy"] == first["median_accuracy"]  # deterministic given the params
+
+
+def test_bad_figure_budget_is_a_one_line_error(project, capsys):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["probe"]["figure_n"] = 3
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stage_main("probe", run_probe, argv=[]) == 2
+    assert "probe.figure_n = 3 is not one of probe.labels_per_class" in capsys.readouterr().err
