@@ -190,6 +190,7 @@ class SegmentConfig:
     lr: float
     batch_size: int
     test_fraction: float
+    validation_fraction: float
     seed: int
     train_sizes: tuple[int, ...]
     epochs: tuple[int, ...]

@@ -87,7 +87,8 @@ def test_sweep_rows_cover_every_run_and_only_test_images():
         scored = df[(df.encoder == run.encoder) & (df.seed == run.seed) & (df.n == run.n)].set_index("image_index")
         for i, p in zip(run.test_idx, run.pred):
             assert scored.loc[i, "dice"] == dice_iou(p, masks[i])[0]
-    assert list(df.columns) == ["encoder", "seed", "n", "image_index", "dice", "iou"]
+    assert list(df.columns) == ["encoder", "seed", "n", "split", "image_index", "dice", "iou"]
+    assert set(df.split) == {"test"}  # no validation part was asked for
     assert len(df) == 2 * 2 * 2 * 4  # encoders x seeds x sizes x test images
     for seed in (0, 1):
         _, test_idx = random_split(10, 0.4, seed, strata)
@@ -95,3 +96,32 @@ def test_sweep_rows_cover_every_run_and_only_test_images():
         for (_, n), group in df[df.seed == seed].groupby(["encoder", "n"]):
             assert sorted(group.image_index) == sorted(test_idx.tolist())
     assert df[["dice", "iou"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_validation_part_is_scored_and_never_trained_on():
+    from nanomorph.segment.sweep import split_train_validation_test
+
+    images, masks = _squares(20, seed=3)
+    strata = np.repeat([0, 1], 10)
+    train_idx, val_idx, test_idx = split_train_validation_test(20, 0.2, 0.25, seed=5, strata=strata)
+    assert len(test_idx) == 4 and len(val_idx) == 4 and len(train_idx) == 12
+    assert not (set(train_idx) & set(val_idx)) and not (set(train_idx) & set(test_idx))
+    assert sorted(strata[val_idx].tolist()) == [0, 0, 1, 1]
+    # Same seed, same parts; the test part is the one a sweep without validation uses.
+    again = split_train_validation_test(20, 0.2, 0.25, seed=5, strata=strata)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (train_idx, val_idx, test_idx)))
+    assert np.array_equal(random_split(20, 0.2, 5, strata)[1], test_idx)
+
+    runs = []
+    df = segmentation_sweep(
+        images, masks, {"smp_init": None}, arch=ARCH, train_sizes=[2, 12], epochs_for=lambda n: 1, seeds=[5],
+        test_fraction=0.2, validation_fraction=0.25, lr=1e-3, batch_size=2, freeze_encoder=True, strata=strata,
+        progress=False, on_run=runs.append,
+    )
+    assert {len(r.fit_idx) for r in runs} == {2, 12}
+    for run in runs:  # even the largest training set (the whole remaining train part) leaves validation alone
+        assert not set(run.fit_idx) & set(val_idx) and set(run.fit_idx) <= set(train_idx)
+    for n in (2, 12):
+        rows = df[df.n == n]
+        assert sorted(rows[rows.split == "validation"].image_index) == sorted(val_idx.tolist())
+        assert sorted(rows[rows.split == "test"].image_index) == sorted(test_idx.tolist())

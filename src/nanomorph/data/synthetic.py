@@ -156,19 +156,25 @@ def _singular_layout(rng: np.random.Generator, size: int, attempt: int) -> list[
 
 
 def _dispersed_layout(rng: np.random.Generator, size: int, attempt: int) -> list[np.ndarray]:
-    """Several short separate wires scattered over the film; they must not form a spanning cluster."""
+    """Five to forty short separate wires scattered over the film; they must not form a spanning cluster.
+
+    Crowded dispersed films are as dense as sparse networks (as in the real TEM set): density alone does not
+    separate the two classes, percolation does, and one-shot anchors can sit on the wrong side of the
+    density boundary (the paper's anchor finding needs such draws to be testable).
+    """
     base = _base_width(rng, size)
 
     def make() -> list[np.ndarray]:
         return [_single_wire(rng, size, _wire_width(rng, base), (0.12, 0.35), (0.05, 0.95), 0.8)]
 
-    return _place_apart(rng, make, int(rng.integers(5, 16)), (size, size), margin=2.5 * _scale(size))
+    return _place_apart(rng, make, int(rng.integers(6, 40)), (size, size), margin=2.5 * _scale(size))
 
 
 def _network_layout(rng: np.random.Generator, size: int, attempt: int) -> list[np.ndarray]:
-    """Many long wires crossing each other and the image border; denser on each retry until it percolates."""
+    """Four to thirty long wires crossing each other and the image border; denser on each retry until it
+    percolates, so sparse networks are only as dense as they must be to span the image."""
     base = _base_width(rng, size)
-    count = int(rng.integers(14, 30)) + 3 * attempt
+    count = int(rng.integers(4, 30)) + 3 * attempt
     return [
         _single_wire(rng, size, _wire_width(rng, base), (0.5, 1.1), (-0.05, 1.05), 0.7) for _ in range(count)
     ]

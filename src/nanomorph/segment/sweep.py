@@ -1,8 +1,10 @@
 """Segmentation sweep: per-image dice/IoU vs number of training images, for several encoders.
 
-For each seed the images are split ONCE into train/test (stratified by `strata` when given). Training
-sets are nested seeded subsets of the train part; every model is scored on every test image. Nothing
-is early-stopped or selected on the test images.
+For each seed the images are split ONCE into train/test (stratified by `strata` when given); with
+`validation_fraction` > 0 a validation part is carved out of the train part the same way. Training sets
+are nested seeded subsets of what is left; every model is scored on every validation and every test image
+(column `split`). Nothing is early-stopped or selected on the test images: a caller choosing among runs
+(e.g. the best encoder) must choose on the validation rows, which no model was trained on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.model import build_unet
 from nanomorph.segment.train import predict_masks, train_segmenter
 
-COLUMNS = ["encoder", "seed", "n", "image_index", "dice", "iou"]
+COLUMNS = ["encoder", "seed", "n", "split", "image_index", "dice", "iou"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,26 @@ def seeded_unet(arch: str, encoder_state: dict | None, freeze_encoder: bool, ini
         return build_unet(arch, encoder_state, freeze_encoder)
 
 
-def _score_rows(name: str, seed: int, n: int, test_idx: np.ndarray, pred: np.ndarray, masks: np.ndarray) -> list[dict]:
+def _score_rows(name: str, seed: int, n: int, split: str, idx: np.ndarray, pred: np.ndarray,
+                masks: np.ndarray) -> list[dict]:
     rows = []
-    for i, p in zip(test_idx, pred):
+    for i, p in zip(idx, pred):
         dice, iou = dice_iou(p, masks[i])
-        rows.append({"encoder": name, "seed": seed, "n": n, "image_index": int(i), "dice": dice, "iou": iou})
+        rows.append({"encoder": name, "seed": seed, "n": n, "split": split, "image_index": int(i), "dice": dice,
+                     "iou": iou})
     return rows
+
+
+def split_train_validation_test(n_images: int, test_fraction: float, validation_fraction: float, seed: int,
+                                strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted (train_idx, validation_idx, test_idx): test first, then validation out of the rest, both
+    stratified by `strata` when given; validation is empty when `validation_fraction` is 0."""
+    train_idx, test_idx = random_split(n_images, test_fraction, seed, strata)
+    if validation_fraction <= 0:
+        return train_idx, np.array([], dtype=int), test_idx
+    part_strata = None if strata is None else np.asarray(strata)[train_idx]
+    keep, held = random_split(len(train_idx), validation_fraction, seed, part_strata)
+    return train_idx[keep], train_idx[held], test_idx
 
 
 def segmentation_sweep(
@@ -69,12 +85,14 @@ def segmentation_sweep(
     lr: float,
     batch_size: int,
     freeze_encoder: bool,
+    validation_fraction: float = 0.0,
     strata: np.ndarray | None = None,
     device: str = "cpu",
     progress: bool = True,
     on_run: Callable[[SweepRun], None] | None = None,
 ) -> pd.DataFrame:
-    """Rows (encoder, seed, n, image_index, dice, iou): one per test image per (encoder, seed, n) run.
+    """Rows (encoder, seed, n, split, image_index, dice, iou): one per validation or test image per
+    (encoder, seed, n) run.
 
     `image_index` indexes `images`. Sizes larger than the train part are skipped with a warning. The
     seed drives the split, the subset draw, the U-Net initialisation and the training shuffles/flips,
@@ -87,18 +105,22 @@ def segmentation_sweep(
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     plan = []
     for seed in seeds:
-        train_idx, test_idx = random_split(len(images), test_fraction, seed, strata)
+        train_idx, val_idx, test_idx = split_train_validation_test(len(images), test_fraction, validation_fraction,
+                                                                   seed, strata)
         for n, fit_idx in nested_subsets(train_idx, train_sizes, seed).items():
-            plan.extend((name, int(seed), n, fit_idx, test_idx) for name in encoder_states)
+            plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in encoder_states)
     rows: list[dict] = []
-    for name, seed, n, fit_idx, test_idx in tqdm(plan, desc="segmentation runs", disable=not progress):
+    for name, seed, n, fit_idx, val_idx, test_idx in tqdm(plan, desc="segmentation runs", disable=not progress):
         model = seeded_unet(arch, encoder_states[name], freeze_encoder, init_seed=seed)
         train_segmenter(
             model, images[fit_idx], masks[fit_idx], epochs=epochs_for(n), lr=lr, batch_size=batch_size,
             seed=seed, device=device,
         )
+        if len(val_idx):
+            val_pred = predict_masks(model, images[val_idx], batch_size=max(batch_size, 8), device=device)
+            rows.extend(_score_rows(name, seed, n, "validation", val_idx, val_pred, masks))
         pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device)
-        rows.extend(_score_rows(name, seed, n, test_idx, pred, masks))
+        rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
         if on_run is not None:
             on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,11 +1,15 @@
 """Stage `segment`: few-shot U-Net sweep with transferred, frozen encoders; per-image dice and IoU.
 
-After the sweep, the test-set predictions of one model -- the encoder with the highest median test dice at
-the largest training-set size, first seed -- are analysed as the paper's downstream tasks would use them:
-percolation verdicts (dispersed vs network) and pixel densities from PREDICTED masks against the labels and
-the true masks, and per-object statistics of both. The masks are compared at the sweep's `image_size`, the
-resolution the model was trained and evaluated at. Because that encoder is picked by its test dice, these
-numbers describe that model; they are not an unbiased estimate for a model chosen in advance.
+A validation part (`segment.validation_fraction` of the train part, stratified, never trained on) is
+scored alongside the test images. After the sweep, the test-set predictions of one model -- the encoder
+with the highest median VALIDATION dice at the largest training-set size, first seed -- are analysed as the
+paper's downstream tasks would use them: percolation verdicts (dispersed vs network) and pixel densities
+from PREDICTED masks against the labels and the true masks, and per-object statistics of both. The masks
+are compared at the sweep's `image_size`, the resolution the model was trained and evaluated at. The test
+images play no part in the choice, so these numbers are an honest estimate for the chosen model.
+
+Outputs: test rows in metrics/segment_results.csv (the study's numbers), validation rows in
+metrics/segment_validation.csv (only for the choice).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from nanomorph.stages.probe import resolve_encoder
 
 FIGURE_DIR = Path("figures/segment")
 MORPHOLOGY_CSV = Path("metrics/segment_morphology.csv")
+VALIDATION_CSV = Path("metrics/segment_validation.csv")
 
 
 class LargestRunPredictions:
@@ -45,10 +50,15 @@ class LargestRunPredictions:
             self.runs[run.encoder] = (run.n, run.test_idx, run.pred)
 
 
-def best_encoder(results: pd.DataFrame, encoders: tuple[str, ...]) -> tuple[str, int]:
-    """(encoder, n): highest median dice at the largest n; ties go to the encoder listed first."""
-    n_max = int(results["n"].max())
-    medians = results[results["n"] == n_max].groupby("encoder")["dice"].median()
+def best_encoder(validation: pd.DataFrame, encoders: tuple[str, ...]) -> tuple[str, int]:
+    """(encoder, n): highest median validation dice at the largest n; ties go to the encoder listed first."""
+    if validation.empty:
+        raise NanomorphError("segment: no validation images to choose a model on; "
+                             "set segment.validation_fraction > 0 with enough images")
+    if set(validation["split"]) != {"validation"}:
+        raise ValueError("best_encoder must be given validation rows only")
+    n_max = int(validation["n"].max())
+    medians = validation[validation["n"] == n_max].groupby("encoder")["dice"].median()
     return max((name for name in encoders if name in medians), key=lambda name: medians[name]), n_max
 
 
@@ -106,13 +116,16 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
     kept = LargestRunPredictions(seed=sg.seed)
     with tracked(cfg, "segment", ("segment",)):
         mlflow.log_params({"arch": pt.arch, "n_images": len(images)})
-        results = segmentation_sweep(
+        scored = segmentation_sweep(
             images, masks, states, arch=pt.arch, train_sizes=sg.train_sizes, epochs_for=sg.epochs_for,
             seeds=[sg.seed + k for k in range(sg.seeds)], test_fraction=sg.test_fraction, lr=sg.lr,
-            batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, strata=labels, device=best_device(),
-            on_run=kept,
+            batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, validation_fraction=sg.validation_fraction,
+            strata=labels, device=best_device(), on_run=kept,
         )
-        results["image"] = rows["path"].to_numpy()[results["image_index"].to_numpy()]
+        scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
+        validation = scored[scored["split"] == "validation"].drop(columns="split")
+        results = scored[scored["split"] == "test"].drop(columns="split")
+        validation.to_csv(VALIDATION_CSV, index=False)
         results.to_csv("metrics/segment_results.csv", index=False)
         grouped = results.groupby(["n", "encoder"])
         summary = grouped["dice"].median().unstack("encoder").reset_index()
@@ -126,11 +139,13 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             for n, values in per_n.items():
                 mlflow.log_metrics({f"{name}.{k}.{n}": v for k, v in values.items()})
 
-        encoder, n_best = best_encoder(results, sg.encoders)
+        encoder, n_best = best_encoder(scored[scored["split"] == "validation"], sg.encoders)
         n_kept, test_idx, pred = kept.runs[encoder]
         if n_kept != n_best:  # the largest n of the first seed is the largest n of all seeds (same split sizes)
             raise NanomorphError(f"segment: kept predictions for n={n_kept}, expected n={n_best}")
-        best = {"encoder": encoder, "n": n_best, "seed": sg.seed,
+        best = {"encoder": encoder, "n": n_best, "seed": sg.seed, "chosen_on": "validation",
+                "median_validation_dice": float(validation[(validation["encoder"] == encoder)
+                                                           & (validation["n"] == n_best)]["dice"].median()),
                 "median_dice": metrics[encoder][f"n{n_best}"]["dice"]}
         morphology = morphology_table(pred, masks[test_idx], labels[test_idx], min_size=sg.object_min_size)
         morphology.insert(0, "image", rows["path"].to_numpy()[test_idx])
@@ -143,6 +158,7 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
         mlflow.log_params({"best_encoder": encoder, "best_n": n_best})
         mlflow.log_metrics(_flat_metrics("downstream.", downstream))
         mlflow.log_artifact("metrics/segment_results.csv")
+        mlflow.log_artifact(str(VALIDATION_CSV))
         mlflow.log_artifact(str(MORPHOLOGY_CSV))
         for path in figures:
             mlflow.log_artifact(str(path), artifact_path="figures")
