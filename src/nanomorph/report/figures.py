@@ -11,12 +11,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def grouped_boxplot(table: pd.DataFrame, value: str, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
-    """Notched box plots of `value` per n, one coloured box per encoder at each n (paper Fig. 2C style)."""
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` to `path` (folders made as needed) and release it: stages draw many figures in a loop."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def grouped_boxplot(table: pd.DataFrame, value: str, xlabel: str, ylabel: str, title: str, path: Path,
+                    legend_outside: bool = False) -> Path:
+    """Notched box plots of `value` per n, one coloured box per encoder at each n (paper Fig. 2C style).
+
+    `legend_outside` puts the legend beside the axes: with many methods a legend inside covers the boxes.
+    """
     encoders = list(dict.fromkeys(table["encoder"]))
     sizes = sorted(table["n"].unique())
     width = 0.8 / max(len(encoders), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(sizes)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(sizes)) + (2 if legend_outside else 0), 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, name in enumerate(encoders):
         data = [table[(table["encoder"] == name) & (table["n"] == n)][value].to_numpy() for n in sizes]
@@ -33,9 +46,9 @@ def grouped_boxplot(table: pd.DataFrame, value: str, xlabel: str, ylabel: str, t
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
+    if legend_outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

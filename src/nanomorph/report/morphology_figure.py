@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # headless: stages and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from nanomorph.report.figures import save_figure  # noqa: E402
+
 
 def morphology_figure(table: pd.DataFrame, path: Path) -> Path:
     """Left: box plot of pixel density per class; right: fraction of masks per class that percolate.
@@ -33,7 +35,4 @@ def morphology_figure(table: pd.DataFrame, path: Path) -> Path:
     right.set_ylabel("share of masks that percolate")
     right.set_title("Percolation (DBSCAN eps=2, min_samples=2)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

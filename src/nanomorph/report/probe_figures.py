@@ -15,41 +15,14 @@ from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from nanomorph.report.figures import grouped_boxplot, save_figure  # noqa: E402
 
 
 def accuracy_boxplot(table: pd.DataFrame, path: Path) -> Path:
-    """Notched box plots of test accuracy vs labels per class, one box per method (the `encoder` column).
-
-    The report's `grouped_boxplot` draws the same boxes with the legend inside the axes, where with six
-    methods it covers the boxes of the largest budgets; this one puts the legend beside the plot.
-    """
-    methods = list(dict.fromkeys(table["encoder"]))
-    sizes = sorted(table["n"].unique())
-    width = 0.8 / max(len(methods), 1)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(max(7.5, 1.5 * len(sizes) + 2), 4.2))
-    for k, name in enumerate(methods):
-        data = [table[(table["encoder"] == name) & (table["n"] == n)]["accuracy"].to_numpy() for n in sizes]
-        positions = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(sizes))]
-        notch = all(len(d) >= 5 for d in data)  # notches on tiny groups are meaningless and warn
-        parts = ax.boxplot(data, positions=positions, widths=width * 0.9, notch=notch, patch_artist=True,
-                           manage_ticks=False, flierprops={"markersize": 3})
-        for box in parts["boxes"]:
-            box.set_facecolor(colours[k % len(colours)])
-            box.set_alpha(0.75)
-        ax.plot([], [], color=colours[k % len(colours)], linewidth=8, alpha=0.75, label=name)
-    ax.set_xticks(range(len(sizes)), [str(int(n)) for n in sizes])
-    ax.set_xlabel("labelled images per class")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Few-shot probes on frozen features (box: split seeds and encoder seeds)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """Notched box plots of test accuracy vs labels per class, one box per method (the `encoder` column)."""
+    return grouped_boxplot(table, "accuracy", "labelled images per class", "test accuracy",
+                           "Few-shot probes on frozen features (box: split seeds and encoder seeds)", Path(path),
+                           legend_outside=True)
 
 
 def confusion_grid(matrices: Mapping[str, np.ndarray], classes: Sequence[str], n: int, path: Path) -> Path:
@@ -69,11 +42,7 @@ def confusion_grid(matrices: Mapping[str, np.ndarray], classes: Sequence[str], n
         ax.axis("off")
     fig.suptitle("Confusion (rows: true class, share of its test images), pooled over splits")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def tsne_embedding(features: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
@@ -104,8 +73,4 @@ def tsne_figure(embedding: np.ndarray, true_labels: np.ndarray, predicted: np.nd
     axes[1].legend(loc="best", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from nanomorph.report.figures import save_figure  # noqa: E402
+
 # Fill colours of the masks (RGBA), drawn over the gray image; transparent where the mask is False.
 _TRUE_FILL = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.45)])
 _PRED_FILL = ListedColormap([(0, 0, 0, 0), (0.95, 0.2, 0.1, 0.45)])
@@ -41,8 +43,4 @@ def overlay_figure(image: np.ndarray, true_mask: np.ndarray, pred_mask: np.ndarr
         ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
