@@ -98,8 +98,10 @@ _PER_FILE_ERRORS: tuple[type[BaseException], ...] = (ImageReadError, ValueError)
 
 
 def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | None, out_dir: Path,
-                  progress: bool = True) -> PredictionRun:
-    """Run the models on every file; write predictions.csv, skipped.csv and overlays into `out_dir`."""
+                  progress: bool = True, tiled: bool = False) -> PredictionRun:
+    """Run the models on every file; write predictions.csv, skipped.csv and overlays into `out_dir`.
+
+    `tiled`: the segmenter works at each image's own resolution by tiles instead of resizing it."""
     from mlflow.exceptions import MlflowException
 
     per_file_errors = (*_PER_FILE_ERRORS, MlflowException)
@@ -119,7 +121,7 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
             if classifier is not None:
                 row.update(classifier.predict(frame).iloc[0].to_dict())
             if segmenter is not None:
-                seg = segmenter.predict(frame).iloc[0]
+                seg = segmenter.predict(frame, params={"tiled": True} if tiled else None).iloc[0]
                 mask = np.asarray(seg["mask"], dtype=bool)
                 row.update(density=float(seg["density"]), percolates=bool(seg["percolates"]),
                            objects=int(seg["objects"]))
@@ -154,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="predictions", type=Path, help="output folder (default: predictions)")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--tiled", action="store_true",
+                        help="segment at each image's own resolution by overlapping tiles (large images whose "
+                             "pixel size matches the training images') instead of resizing to the training size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -172,7 +177,7 @@ def run(args: argparse.Namespace) -> PredictionRun:
         models[kind], version = load_registered(ref, uri)
         print(f"{kind}: {ref} (version {version.version})", file=sys.stderr)
     result = predict_files(files, models.get("classifier"), models.get("segmenter"), args.out,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, tiled=args.tiled)
     print(f"{len(result.table)} of {len(files)} images predicted -> {result.files['predictions']}"
           + (f"; {len(result.skipped)} skipped -> {result.files['skipped']}" if len(result.skipped) else ""))
     if result.table.empty:

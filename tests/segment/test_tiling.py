@@ -5,7 +5,10 @@ from torch import nn
 
 from nanomorph.models.encoder import normalise
 from nanomorph.segment.sweep import seeded_unet
-from nanomorph.segment.tiling import ramp, tile_origins, tiled_mask, tiled_probabilities, window_2d
+from nanomorph.segment.tiling import (
+    axis_tiles, axis_weights, padded_length, ramp, tile_origins, tiled_mask, tiled_probabilities,
+    whole_image_probabilities,
+)
 
 # Three 3x3 convolutions: each output pixel depends on inputs at most RADIUS pixels away.
 RADIUS = 3
@@ -22,14 +25,6 @@ def local_model(seed: int = 0) -> nn.Module:
     ).eval()
 
 
-def whole_image_reference(model: nn.Module, image: np.ndarray, pad: int) -> np.ndarray:
-    """The model on the whole image, reflect-padded by `pad` (>= RADIUS) and cropped back."""
-    padded = np.pad(image, pad, mode="reflect")
-    with torch.no_grad():
-        logits = model(normalise(torch.from_numpy(padded.astype(np.float32))[None, None]))
-    return torch.sigmoid(logits)[0, 0, pad:pad + image.shape[0], pad:pad + image.shape[1]].numpy()
-
-
 @pytest.mark.parametrize("shape", [(150, 97), (64, 64), (33, 200), (1, 1), (5, 7)])
 @pytest.mark.parametrize("window", ["cosine", "linear"])
 def test_tiled_equals_whole_image_for_a_local_model(shape, window):
@@ -38,26 +33,27 @@ def test_tiled_equals_whole_image_for_a_local_model(shape, window):
     tiled = tiled_probabilities(model, image, tile_size=64, overlap=16, margin=RADIUS + 1, window=window,
                                 batch_size=3)
     assert tiled.shape == shape and tiled.dtype == np.float32
-    np.testing.assert_allclose(tiled, whole_image_reference(model, image, pad=8), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(tiled, whole_image_probabilities(model, image), atol=TOLERANCE, rtol=0)
 
 
-def test_interior_equals_plain_whole_image_inference():
-    # Away from the image border the zero padding of plain inference does not reach: same values there.
-    image = np.random.default_rng(1).random((160, 130), dtype=np.float32)
+def test_equals_plain_inference_up_to_the_image_border():
+    # Sides that are multiples of 32 need no padding, and tiles on the border see the network's own zero
+    # padding exactly where plain inference does: equal at every pixel, the border included.
+    image = np.random.default_rng(1).random((160, 128), dtype=np.float32)
     model = local_model(1)
     tiled = tiled_probabilities(model, image, tile_size=64, overlap=24, margin=5, batch_size=2)
     with torch.no_grad():
         plain = torch.sigmoid(model(normalise(torch.from_numpy(image)[None, None])))[0, 0].numpy()
-    inner = (slice(RADIUS, -RADIUS), slice(RADIUS, -RADIUS))
-    np.testing.assert_allclose(tiled[inner], plain[inner], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(tiled, plain, atol=TOLERANCE, rtol=0)
 
 
 def test_without_margin_tile_edges_leak_into_the_blend():
     # The margin is what makes the result exact: with none, tile-edge pixels (wrong near zero padding) count.
+    # Overlap 32 on tile 64 gives a stride of exactly 32, so the ramp starts right at the tile edge.
     image = np.random.default_rng(2).random((150, 150), dtype=np.float32)
     model = local_model(2)
-    tiled = tiled_probabilities(model, image, tile_size=64, overlap=16, margin=0, batch_size=4)
-    assert np.abs(tiled - whole_image_reference(model, image, pad=8)).max() > TOLERANCE
+    tiled = tiled_probabilities(model, image, tile_size=64, overlap=32, margin=0, batch_size=4)
+    assert np.abs(tiled - whole_image_probabilities(model, image)).max() > TOLERANCE
 
 
 class Constant(nn.Module):
@@ -88,7 +84,7 @@ def test_model_only_sees_bounded_batches_of_full_tiles():
     recorder = Recorder()
     image = np.random.default_rng(3).random((300, 170), dtype=np.float32)
     tiled_probabilities(recorder, image, tile_size=96, overlap=32, margin=4, batch_size=4)
-    origins, _, _ = tile_origins(300, 170, 96, 32)
+    origins = tile_origins(300, 170, 96, 32)
     assert sum(s[0] for s in recorder.shapes) == len(origins)
     assert all(s[0] <= 4 and s[1:] == (1, 96, 96) for s in recorder.shapes)
 
@@ -112,16 +108,37 @@ def test_unet_on_sizes_that_are_not_multiples_of_32():
     np.testing.assert_array_equal(mask, one > 0.5)
 
 
-def test_window_shape_and_argument_checks():
-    w = window_2d(64, 16, 4)
-    assert w.shape == (64, 64) and w[0].max() == 0 and w[32, 32] == 1
-    rise = ramp(10, 2, "linear")
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 64, 100, 129, 300, 1000])
+@pytest.mark.parametrize("tile_size, overlap, margin", [(64, 16, 4), (64, 32, 8), (96, 40, 0), (256, 64, 16)])
+def test_layout_is_aligned_flush_and_blends_to_one(length, tile_size, overlap, margin):
+    origins, tile_length = axis_tiles(length, tile_size, overlap)
+    # Flush with both ends of the padded axis; origins on the U-Net's 32-pixel grid; neighbours share >= overlap.
+    assert origins[0] == 0 and origins[-1] + tile_length == padded_length(length)
+    assert tile_length == min(tile_size, padded_length(length))
+    assert all(o % 32 == 0 for o in origins)
+    assert all(0 < b - a <= tile_length - overlap for a, b in zip(origins, origins[1:]))
+    weights = axis_weights(origins, tile_length, overlap, margin)
+    total = np.zeros(padded_length(length))
+    for i, (origin, w) in enumerate(zip(origins, weights)):
+        assert w.min() >= 0
+        # No weight within `margin` of an edge that lies inside the image's padded span.
+        assert i == 0 or not w[:margin].any()
+        assert i == len(origins) - 1 or not w[tile_length - margin:].any()
+        total[origin:origin + tile_length] += w
+    np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
+
+
+def test_ramp_and_argument_checks():
+    rise = ramp(10, "linear")
     np.testing.assert_allclose(rise + rise[::-1], 1.0)
+    assert ramp(0).shape == (0,)
     image = np.zeros((40, 40), dtype=np.float32)
     with pytest.raises(ValueError, match="multiple of 32"):
         tiled_probabilities(Constant(), image, tile_size=48, overlap=8, margin=0)
     with pytest.raises(ValueError, match="overlap"):
         tiled_probabilities(Constant(), image, tile_size=64, overlap=40, margin=0)
+    with pytest.raises(ValueError, match="overlap"):  # stride would be 0 on the 32-pixel grid
+        tiled_probabilities(Constant(), image, tile_size=32, overlap=16, margin=0)
     with pytest.raises(ValueError, match="margin"):
         tiled_probabilities(Constant(), image, tile_size=64, overlap=16, margin=8)
     with pytest.raises(ValueError, match="window"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 from PIL import Image
 
@@ -62,3 +63,16 @@ def test_unknown_model_is_one_line(tiny_registry, tmp_path, capsys):
     assert code == 2
     assert err == [f"nanomorph predict: error: model '{CLASSIFIER}@nonexistent' not found in the registry at "
                    f"{tiny_registry.tracking_uri} (run the register stage, or check the name and alias)"]
+
+
+def test_predict_tiled_segments_at_native_resolution(tiny_registry, tmp_path):
+    from nanomorph.data.io import read_image
+    from nanomorph.segment.tiling import tiled_mask
+
+    out = tmp_path / "out"
+    path = tiny_registry.files[0]
+    assert main(["predict", str(path), "--segmenter", SEGMENTER, "--tiled", "--out", str(out),
+                 "--tracking-uri", tiny_registry.tracking_uri, "--no-progress"]) == 0
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    expected = tiled_mask(tiny_registry.unet, read_image(path).astype(np.float32))
+    assert row["density"] == pytest.approx(expected.mean(), abs=0.01)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,13 +55,14 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     mlflow_cli = [sys.executable, "-m", "mlflow"]
+    # mlflow execs `uvicorn` by name: find this interpreter's one even when the venv is not activated.
+    env = {**tiny_registry.env, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     with open(log, "w") as sink:
         # Own session: the server starts uvicorn workers; the whole group is stopped at the end.
         server = subprocess.Popen(
             [*mlflow_cli, "models", "serve", "-m", f"models:/{CLASSIFIER}@champion", "--env-manager", "local",
              "-h", "127.0.0.1", "-p", str(port)],
-            stdout=sink, stderr=subprocess.STDOUT, env=tiny_registry.env, cwd=tiny_registry.root,
-            start_new_session=True)
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tiny_registry.root, start_new_session=True)
     try:
         _wait_ready(url, server, log)
         data = [[str(path)] for path in tiny_registry.files]
@@ -68,7 +70,8 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
         inline = _post(url, {"dataframe_records": [{"image": tiny_registry.file_images[0].tolist()}],
                              "params": {"return_embeddings": True}})
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # already gone when it failed to start
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     classes = [str(c) for c in tiny_registry.probe.classes_]
     rows = by_path["predictions"]

@@ -18,6 +18,9 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
 NOISE = -1
+# The verdict each class should get (Lu et al.): network wires percolate, dispersed wires do not. Classes
+# missing here (bundle, singular) have no expected verdict and are left out of agreement scores.
+PERCOLATING_CLASS = {"network": True, "dispersed": False}
 
 
 def _check_arguments(mask: np.ndarray, eps: float, min_samples: int) -> np.ndarray:

@@ -18,10 +18,8 @@ from scipy import stats
 
 from nanomorph.analysis.density import pixel_density
 from nanomorph.analysis.objects import measure_objects, orientation_order
-from nanomorph.analysis.percolation import percolates
+from nanomorph.analysis.percolation import PERCOLATING_CLASS, percolates
 
-# The class whose wires should percolate (network) and the one whose wires should not (dispersed).
-PERCOLATING_CLASS = {"network": True, "dispersed": False}
 SOURCES = ("predicted", "true")
 OBJECT_FIELDS = ("objects", "median_length", "median_width", "orientation_order")
 

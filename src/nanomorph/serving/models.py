@@ -27,6 +27,7 @@ from nanomorph.analysis.percolation import percolates
 from nanomorph.models.encoder import load_encoder
 from nanomorph.probe.features import extract_features
 from nanomorph.segment.model import build_unet
+from nanomorph.segment.tiling import tiled_mask
 from nanomorph.segment.train import predict_masks
 from nanomorph.serving.inputs import images_from_frame, resize_for_model, resize_mask
 
@@ -99,10 +100,19 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
         self.unet.eval()
         self.device = _device()
 
-    def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Boolean mask per image at the image's own size."""
+    def masks(self, images: list[np.ndarray], tiled: bool = False) -> list[np.ndarray]:
+        """Boolean mask per image at the image's own size.
+
+        Default: each image is resized to the training size, segmented and the mask resized back -- right
+        when a whole image shows what a training image showed. `tiled`: the image is segmented at its own
+        resolution by overlapping, blended tiles (nanomorph.segment.tiling; bounded memory for any size) --
+        right for large images or montages whose pixel size matches the training images'.
+        """
         if not images:
             return []
+        if tiled:
+            return [tiled_mask(self.unet, np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0),
+                               device=self.device) for image in images]
         stack = np.stack([resize_for_model(image, self.image_size) for image in images])
         small = predict_masks(self.unet, stack, batch_size=8, device=self.device)
         return [resize_mask(m, image.shape) for m, image in zip(small, images)]
@@ -110,7 +120,7 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
         rows = []
-        for mask in self.masks(images_from_frame(model_input)):
+        for mask in self.masks(images_from_frame(model_input), tiled=bool(params.get("tiled", False))):
             row = {
                 "density": pixel_density(mask),
                 "percolates": bool(percolates(mask, eps=self.eps, min_samples=self.min_samples)),

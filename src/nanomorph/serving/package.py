@@ -122,4 +122,4 @@ def log_segmenter(unet: nn.Module, *, arch: str, image_size: int, encoder_name: 
         }, indent=2))
         artifacts = {"unet": str(weights), "config": str(config_path)}
         return _log(name, SERVING_DIR / "segmenter_code.py", artifacts, NanowireSegmenter(),
-                    {"return_mask": True}, workdir)
+                    {"return_mask": True, "tiled": False}, workdir)

@@ -15,13 +15,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from nanomorph.analysis.density import pixel_density
-from nanomorph.analysis.percolation import percolates
+from nanomorph.analysis.percolation import PERCOLATING_CLASS, percolates
 from nanomorph.config import Config
 from nanomorph.data.io import read_mask
 from nanomorph.data.validation import accepted
 from nanomorph.stages._common import stage_main, tracked, write_json
-
-PERCOLATING_CLASS = {"network": True, "dispersed": False}
 
 
 def run_analyse(cfg: Config, _args: argparse.Namespace) -> None:
