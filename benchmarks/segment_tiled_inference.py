@@ -10,7 +10,7 @@ generator scales wire widths with the image side, so the model is in-distributio
 For every image side in --sizes, in a FRESH process (so peak RSS belongs to that measurement alone): load
 the trained U-Net and a synthetic side x side nanowire image (seeded, generated once in the parent), run
 `tiled_probabilities` once untimed on a small image (warm-up), then time it on the full image. Reported:
-megapixels of IMAGE per second, tiles per second, peak RSS of the process (ru_maxrss) and the RSS before
+megapixels of IMAGE per second, tiles per second, peak RSS of the process (VmHWM) and the RSS before
 inference (model + image), so the difference is what inference added. For sides up to --whole-max,
 whole-image inference (`whole_image_probabilities`: one forward pass on the image padded to a multiple of
 32) is measured the same way, with the fidelity of tiled inference to it: max and mean |tiled - whole|
@@ -28,7 +28,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +57,16 @@ def _rss_mib() -> float:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident set size of this process (Linux VmHWM), MiB.
+
+    Not getrusage's ru_maxrss: Linux carries that over exec from the parent, so a spawned measuring process
+    would report the parent's peak (here: generating a 4096 px synthetic image) as its own.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
 def synthetic_image(side: int, seed: int, morphology: str = "network") -> tuple[np.ndarray, np.ndarray]:
