@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _tracking import benchmark_run
 from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack
 from nanomorph.data.layout import find_images, find_nanowire_dataset
@@ -91,11 +92,7 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
 
 
 def log_to_mlflow(params: dict, runs: list[dict], summary: dict) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment("nanomorph-benchmarks")
-    with mlflow.start_run(run_name="pretrain_probe_margin"):
+    with benchmark_run("pretrain_probe_margin") as mlflow:
         mlflow.log_params(params)
         for r in runs:
             mlflow.log_metric(f"{r['encoder']}.seed{r['seed']}.median_accuracy", r["median_accuracy"])

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from _tracking import benchmark_run
 from nanomorph.models.encoder import Projector, ResNetEncoder
 from nanomorph.ssl.train import (TwinEmbedder, _amp_dtype, _loss_fn, _step_views, _train_step, pretrain,
                                  warmup_cosine)
@@ -100,13 +101,7 @@ def views_step_seconds(args: argparse.Namespace) -> list[float]:
 
 
 def log_to_mlflow(params: dict, metrics: dict) -> None:
-    try:
-        import mlflow
-    except ImportError:
-        return
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment("nanomorph-benchmarks")
-    with mlflow.start_run(run_name="pretrain_throughput"):
+    with benchmark_run("pretrain_throughput") as mlflow:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
 

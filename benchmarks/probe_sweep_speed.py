@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from _tracking import benchmark_run
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.cache import load_indexed_features
 from nanomorph.probe.solvers import SolverSettings, fit_predict
@@ -74,11 +75,7 @@ def per_probe_seconds(feature_sets, labels, sizes, split_seeds, test_fraction, s
 
 
 def log_to_mlflow(params: dict, metrics: dict) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment("nanomorph-benchmarks")
-    with mlflow.start_run(run_name="probe_sweep_speed"):
+    with benchmark_run("probe_sweep_speed") as mlflow:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
 

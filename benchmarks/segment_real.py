@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from _tracking import benchmark_run
 from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack
 from nanomorph.models.encoder import load_encoder, random_encoder
@@ -187,11 +188,7 @@ def summary_table(results: pd.DataFrame) -> dict:
 
 
 def log_to_mlflow(params: dict, table: dict, out: Path) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment("nanomorph-benchmarks")
-    with mlflow.start_run(run_name="segment_real"):
+    with benchmark_run("segment_real") as mlflow:
         mlflow.log_params({k: (v if len(str(v)) < 500 else str(v)[:499]) for k, v in params.items()})
         for name, per_n in table.items():
             for n, values in per_n.items():

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _tracking import benchmark_run
 from nanomorph.data.io import to_unit_range
 from nanomorph.data.synthetic import CLASSES, generate_nanowire_image
 from nanomorph.segment.metrics import dice_iou
@@ -158,11 +159,7 @@ def _in_fresh_process(threads: int, fn, *args):
 
 
 def log_to_mlflow(params: dict, metrics: dict) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment("nanomorph-benchmarks")
-    with mlflow.start_run(run_name="segment_tiled_inference"):
+    with benchmark_run("segment_tiled_inference") as mlflow:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
 

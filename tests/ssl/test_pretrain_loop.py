@@ -14,6 +14,8 @@ from nanomorph.ssl.simclr import nt_xent_loss
 from nanomorph.ssl.train import _epoch_order, _step_views, pretrain, warmup_cosine
 from nanomorph.ssl.views import make_view_transform
 
+from texture_images import textures
+
 SETTINGS = dict(
     arch="resnet18", image_size=32, batch_size=8, lr=0.2, momentum=0.9, weight_decay=1e-6, warmup_epochs=0,
     temperature=0.1, lambd=0.005, projector_dims=[128, 64, 1024], crop_side=[0.25, 0.5], flip_p=0.5,
@@ -37,16 +39,6 @@ def stall_after_step_5(metrics, step):
 
 pretrain(np.load(sys.argv[1]), **json.loads(sys.argv[2]), log_fn=stall_after_step_5)
 """
-
-
-def textures(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
-    """Random oriented gratings plus noise: images with structure for the views to crop and jitter."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    freq, angle, phase = rng.uniform(2, 8, n), rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-    waves = np.sin(2 * np.pi * freq[:, None, None] * (np.cos(angle)[:, None, None] * x
-                                                     + np.sin(angle)[:, None, None] * y) + phase[:, None, None])
-    return np.clip(0.5 + 0.3 * waves + 0.1 * rng.standard_normal((n, size, size)), 0, 1).astype(np.float32)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,8 @@ from nanomorph.ssl.barlow_twins import barlow_twins_loss
 from nanomorph.ssl.simclr import nt_xent_loss
 from nanomorph.ssl.train import pretrain
 
+from texture_images import textures
+
 WORLD, N_PER_RANK, DIM = 2, 4, 6
 
 # Tiny DDP runs: resnet18 on 32 px views. SGD (not AdamW, whose near-sign first steps turn rounding noise in
@@ -37,16 +39,6 @@ RUNS = {  # name: (number of images, settings); one optimiser step each, except 
     # 4 steps; resumed at step 2 from a checkpoint of the single-process reference
     "simclr_resumed": (16, dict(SETTINGS, method="simclr", batch_size=8, epochs=2, checkpoint_every=2)),
 }
-
-
-def textures(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
-    """Random oriented gratings plus noise: images with structure for the views to crop and jitter."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    freq, angle, phase = rng.uniform(2, 8, n), rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-    waves = np.sin(2 * np.pi * freq[:, None, None] * (np.cos(angle)[:, None, None] * x
-                                                     + np.sin(angle)[:, None, None] * y) + phase[:, None, None])
-    return np.clip(0.5 + 0.3 * waves + 0.1 * rng.standard_normal((n, size, size)), 0, 1).astype(np.float32)
 
 
 # ---- the losses ----------------------------------------------------------------------------------------
