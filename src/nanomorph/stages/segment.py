@@ -123,9 +123,9 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             strata=labels, device=best_device(), on_run=kept,
         )
         scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
-        validation = scored[scored["split"] == "validation"].drop(columns="split")
+        validation = scored[scored["split"] == "validation"]
         results = scored[scored["split"] == "test"].drop(columns="split")
-        validation.to_csv(VALIDATION_CSV, index=False)
+        validation.drop(columns="split").to_csv(VALIDATION_CSV, index=False)
         results.to_csv("metrics/segment_results.csv", index=False)
         grouped = results.groupby(["n", "encoder"])
         summary = grouped["dice"].median().unstack("encoder").reset_index()
@@ -139,7 +139,7 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             for n, values in per_n.items():
                 mlflow.log_metrics({f"{name}.{k}.{n}": v for k, v in values.items()})
 
-        encoder, n_best = best_encoder(scored[scored["split"] == "validation"], sg.encoders)
+        encoder, n_best = best_encoder(validation, sg.encoders)
         n_kept, test_idx, pred = kept.runs[encoder]
         if n_kept != n_best:  # the largest n of the first seed is the largest n of all seeds (same split sizes)
             raise NanomorphError(f"segment: kept predictions for n={n_kept}, expected n={n_best}")
