@@ -221,6 +221,7 @@ class RegistryConfig:
     eval_fraction: float
     eval_seed: int
     margin: float
+    cv_folds: int
     seed: int
 
 

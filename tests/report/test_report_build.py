@@ -49,8 +49,8 @@ def _metrics(tmp_path: Path, with_optional: bool = True) -> Path:
                  "score": 0.61, "previous_champion": {"version": "1", "score": 0.64},
                  "reason": "does not beat the champion by more than the margin"}
         (metrics / "register.json").write_text(json.dumps({
-            "classifier": entry, "encoder_choice": {"encoder": "simclr", "labels_per_class": 8,
-                                                    "median_probe_accuracy": {"simclr": 0.6, "barlow_twins": 0.5}},
+            "classifier": entry, "encoder_choice": {"encoder": "simclr", "cv_folds": 5,
+                                                    "cv_accuracy": {"simclr": 0.6, "barlow_twins": 0.5}},
             "eval_split": {"fraction": 0.2, "seed": 1, "hash": "abc123"},
             "registry": {"nanomorph-classifier": {"champion": "1", "challenger": "2"}}}))
     return metrics

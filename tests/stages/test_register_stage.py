@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -20,17 +21,26 @@ from nanomorph.stages.register import choose_encoder, main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_encoder_choice_ignores_the_random_baseline_and_falls_back_to_a_shared_budget():
-    probe = {"median_accuracy": {"simclr": {"n1": 0.4, "n8": 0.6}, "barlow_twins": {"n1": 0.5, "n8": 0.55},
-                                 "random": {"n8": 0.9}}}
-    encoders = ("simclr", "barlow_twins", "random")
-    assert choose_encoder(probe, 8, encoders)["encoder"] == "simclr"
-    fallback = choose_encoder(probe, 16, encoders)  # nobody probed 16 labels/class: the largest shared budget
-    assert (fallback["encoder"], fallback["labels_per_class"]) == ("simclr", 8)
-    assert choose_encoder(probe, 1, encoders)["encoder"] == "barlow_twins"
-    assert choose_encoder(probe, 8, ("barlow_twins", "random"))["encoder"] == "barlow_twins"  # configured only
+def _features(informative: bool, seed: int, per_class: int = 6, dim: int = 8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(4 * per_class, dim))
+    if informative:
+        X[np.arange(4 * per_class), np.repeat(np.arange(4), per_class)] += 4.0  # class k lifts feature k
+    return X
+
+
+def test_encoder_choice_is_cross_validated_on_the_training_part():
+    labels = np.repeat(list(CLASSES), 6)
+    features = {"simclr": _features(False, 0), "barlow_twins": _features(True, 1)}
+    choice = choose_encoder(features, labels, folds=3, C=1.0, tol=1e-6, max_iter=500, seed=0)
+    assert choice["encoder"] == "barlow_twins" and choice["cv_folds"] == 3
+    assert choice["cv_accuracy"]["barlow_twins"] > 0.9 > choice["cv_accuracy"]["simclr"]
+    # Same inputs, same folds, same choice and scores.
+    assert choose_encoder(features, labels, folds=3, C=1.0, tol=1e-6, max_iter=500, seed=0) == choice
+    with pytest.raises(NanomorphError, match="cv_folds=7"):  # only 6 training images per class
+        choose_encoder(features, labels, folds=7, C=1.0, tol=1e-6, max_iter=500, seed=0)
     with pytest.raises(NanomorphError, match="no pretrained encoder"):
-        choose_encoder({"median_accuracy": {"random": {"n8": 0.9}}}, 8, encoders)
+        choose_encoder({}, labels, folds=3, C=1.0, tol=1e-6, max_iter=500, seed=0)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -38,6 +48,7 @@ def _project(tmp_path: Path) -> Path:
     project.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "micro"
+    params["registry"]["cv_folds"] = 3  # 3 training images per class here
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_nanowire_dataset(project / "data/raw/nanowires", CLASSES, images_per_class=4, size=32, seed=0, progress=False)
     rows = []
@@ -51,10 +62,9 @@ def _project(tmp_path: Path) -> Path:
     for seed, name in enumerate(("simclr", "barlow_twins"), start=1):
         save_encoder(project / f"models/encoders/{name}.pt", random_encoder("resnet18", seed), {"method": name})
     (project / "metrics").mkdir()
-    (project / "metrics/probe.json").write_text(json.dumps({"median_accuracy": {
-        "simclr": {"n1": 0.4, "n8": 0.6}, "barlow_twins": {"n1": 0.5, "n8": 0.55}, "random": {"n8": 0.9}}}))
     (project / "metrics/segment.json").write_text(json.dumps({"median": {
-        "simclr": {"n1": {"dice": 0.3, "iou": 0.2}, "n4": {"dice": 0.5, "iou": 0.4}}}}))
+        "simclr": {"n1": {"dice": 0.3, "iou": 0.2}, "n4": {"dice": 0.5, "iou": 0.4}},
+        "barlow_twins": {"n1": {"dice": 0.2, "iou": 0.1}, "n4": {"dice": 0.6, "iou": 0.5}}}}))
     return project
 
 
@@ -66,8 +76,12 @@ def test_register_twice_promotes_by_the_rule(tmp_path, monkeypatch):
 
     assert main([]) == 0
     first = json.loads((project / "metrics/register.json").read_text())
-    assert first["encoder_choice"]["encoder"] == "simclr"
-    assert first["segmenter"]["sweep_reference"] == {"encoder": "simclr", "train_images": 4, "median_dice": 0.5}
+    choice = first["encoder_choice"]
+    assert set(choice["cv_accuracy"]) == {"simclr", "barlow_twins"}  # never the random baseline
+    assert choice["encoder"] == max(sorted(choice["cv_accuracy"]), key=choice["cv_accuracy"].get)
+    expected_dice = {"simclr": 0.5, "barlow_twins": 0.6}[choice["encoder"]]
+    assert first["segmenter"]["sweep_reference"] == {"encoder": choice["encoder"], "train_images": 4,
+                                                     "median_dice": expected_dice}
     for kind in ("classifier", "segmenter"):
         entry = first[kind]
         assert (entry["version"], entry["alias"], entry["previous_champion"]) == ("1", "champion", None)

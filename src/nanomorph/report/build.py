@@ -209,9 +209,9 @@ def _registry_section(register: dict) -> Section:
     choice = register.get("encoder_choice", {})
     split = register.get("eval_split", {})
     if choice:
-        section.add("text", f"Deployed encoder: {choice['encoder']} (highest median probe accuracy at "
-                            f"{choice['labels_per_class']} labels/class among the pretrained encoders: "
-                            + ", ".join(f"{k} {v:.3f}" for k, v in choice["median_probe_accuracy"].items()) + ").")
+        section.add("text", f"Deployed encoder: {choice['encoder']} (best mean {choice['cv_folds']}-fold "
+                            "cross-validated probe accuracy on the training part, among the pretrained encoders: "
+                            + ", ".join(f"{k} {v:.3f}" for k, v in choice["cv_accuracy"].items()) + ").")
     if split:
         section.add("text", f"Every version is scored on a fixed evaluation split (fraction {split['fraction']}, "
                             f"seed {split['seed']}, content hash {split['hash']}) that no version is trained on.")

@@ -4,9 +4,10 @@ them and decide which version is the champion.
 * Data: the accepted labelled nanowire images are split ONCE, stratified by class, by
   (`registry.eval_fraction`, `registry.eval_seed`). The models are trained on all of the training part; the
   evaluation part is never trained on and scores every version (the segmenter uses the images that have masks).
-* Classifier: the pretrained encoder with the best median probe accuracy at `report.probe_report_n` labels
-  per class (metrics/probe.json; the random-init baseline is not a candidate) + a linear probe fitted on its
-  features of every training image.
+* Classifier: the pretrained encoder (of `probe.encoders`; the random-init baseline is not a candidate) whose
+  linear probe has the best mean accuracy in stratified `registry.cv_folds`-fold cross-validation on the
+  TRAINING part -- not the probe study's test accuracies, whose test sets cover the evaluation images -- and a
+  linear probe fitted on its features of every training image.
 * Segmenter: U-Net with that encoder, trained on the training images' masks with the segment stage's recipe
   (lr, batch size, frozen encoder, epochs for the training-set size scaled by the profile).
 * Promotion: each new version is scored through its logged pyfunc model on the evaluation set (accuracy;
@@ -29,15 +30,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from sklearn.model_selection import StratifiedKFold
 
 from nanomorph.config import Config
 from nanomorph.data.io import load_image_stack, load_mask_stack, read_mask
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
+from nanomorph.probe.features import extract_features
+from nanomorph.probe.linear import fit_linear_probe
 from nanomorph.probe.splits import stratified_split
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.serving.package import log_classifier, log_segmenter
-from nanomorph.serving.train import train_classifier, train_unet
+from nanomorph.serving.train import train_unet
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json
 from nanomorph.stages.probe import resolve_encoder
 from nanomorph.tracking.registry import (
@@ -48,28 +52,27 @@ from nanomorph.tracking.runs import dvc_data_hash, git_commit
 BASELINE_ENCODER = "random"
 
 
-def choose_encoder(probe_metrics: dict[str, Any], n: int, encoders: tuple[str, ...]) -> dict[str, Any]:
-    """Of `encoders` (the probe stage's configured encoders, the random baseline never a candidate), the one with
-    the highest median linear-probe accuracy at n labels/class in metrics/probe.json (ties: first by name).
-
-    When no candidate was probed at n (the profile's budgets stop below it), the largest budget that every
-    candidate has is used instead, as the report's headline does; the result says which n was used.
-    """
-    medians = probe_metrics.get("median_accuracy")
-    if not isinstance(medians, dict):
-        raise NanomorphError("metrics/probe.json has no 'median_accuracy'; run the probe stage first")
-    candidates = {name: medians[name] for name in encoders if name != BASELINE_ENCODER and name in medians}
-    if not candidates:
-        raise NanomorphError(f"metrics/probe.json has no pretrained encoder of probe.encoders {list(encoders)} "
-                             "to deploy (the random baseline is never deployed)")
-    common = set.intersection(*({int(k[1:]) for k in per_n} for per_n in candidates.values()))
-    if not common:
-        raise NanomorphError("metrics/probe.json: the pretrained encoders share no label budget")
-    n_used = n if n in common else max(common)
-    scores = {name: float(per_n[f"n{n_used}"]) for name, per_n in sorted(candidates.items())}
-    best = max(scores, key=lambda name: scores[name])  # max keeps the first (by name) of tied scores
-    return {"encoder": best, "labels_per_class": n_used, "requested_labels_per_class": n,
-            "median_probe_accuracy": scores}
+def choose_encoder(features: dict[str, np.ndarray], labels: np.ndarray, *, folds: int, C: float, tol: float,
+                   max_iter: int, seed: int) -> dict[str, Any]:
+    """The encoder (key of `features`: its features of the training images) whose linear probe has the best
+    mean stratified k-fold cross-validated accuracy; ties go to the first by name. Only training images are
+    used, so the evaluation split stays untouched by the choice."""
+    if not features:
+        raise NanomorphError("no pretrained encoder among probe.encoders to deploy (the random baseline never is)")
+    labels = np.asarray(labels).astype(str)
+    smallest = int(pd.Series(labels).value_counts().min())
+    if folds < 2 or smallest < folds:
+        raise NanomorphError(f"registry.cv_folds={folds} needs 2 <= folds <= the smallest class's training images "
+                             f"({smallest})")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    accuracy = {}
+    for name in sorted(features):
+        X = features[name]
+        scores = [float((fit_linear_probe(X[fit], labels[fit], C=C, max_iter=max_iter, seed=seed, tol=tol)
+                         .predict(X[held]) == labels[held]).mean()) for fit, held in splitter.split(X, labels)]
+        accuracy[name] = float(np.mean(scores))
+    best = max(accuracy, key=lambda name: accuracy[name])  # max keeps the first (by name) of tied scores
+    return {"encoder": best, "cv_folds": folds, "cv_accuracy": accuracy}
 
 
 def sweep_reference(segment_metrics: dict[str, Any], encoder: str) -> dict[str, Any] | None:
@@ -142,15 +145,9 @@ def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: st
 
 def run_register(cfg: Config, _args: argparse.Namespace) -> None:
     rg, pt, sg, pr = cfg.registry, cfg.pretrain, cfg.segment, cfg.probe
-    probe_path, segment_path = Path("metrics/probe.json"), Path("metrics/segment.json")
-    for path, stage in ((probe_path, "probe"), (segment_path, "segment")):
-        if not path.is_file():
-            raise NanomorphError(f"{path}: no {stage} metrics; run the {stage} stage first")
-    choice = choose_encoder(json.loads(probe_path.read_text()), cfg.report.probe_report_n, pr.encoders)
-    encoder_name = choice["encoder"]
-    encoder_path = Path("models/encoders") / f"{encoder_name}.pt"
-    encoder = resolve_encoder(encoder_name, pt.arch, pt.seed)
-
+    segment_path = Path("metrics/segment.json")
+    if not segment_path.is_file():
+        raise NanomorphError(f"{segment_path}: no segment metrics; run the segment stage first")
     rows = accepted(cfg.validate.manifest, "nanowire")
     if rows.empty:
         raise NanomorphError(f"{cfg.validate.manifest}: no usable nanowire images")
@@ -161,6 +158,15 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
     if seg_train.empty or seg_eval.empty:
         raise NanomorphError("the fixed split leaves no masked images to train or evaluate the segmenter on")
     device = best_device()
+    train_labels = train_rows["label"].to_numpy(dtype=str)
+    images = load_image_stack([Path(p) for p in train_rows["path"]], pt.image_size)
+    features = {name: extract_features(resolve_encoder(name, pt.arch, pt.seed), images, batch_size=64, device=device)
+                for name in pr.encoders if name != BASELINE_ENCODER}
+    choice = choose_encoder(features, train_labels, folds=rg.cv_folds, C=pr.C, tol=pr.tol, max_iter=pr.max_iter,
+                            seed=rg.seed)
+    encoder_name = choice["encoder"]
+    encoder_path = Path("models/encoders") / f"{encoder_name}.pt"
+    encoder = resolve_encoder(encoder_name, pt.arch, pt.seed)
     common_tags = {"nanomorph.encoder": encoder_name, "nanomorph.eval_split": eval_hash,
                    "nanomorph.eval_split_params": f"fraction={rg.eval_fraction},seed={rg.eval_seed}"}
 
@@ -171,9 +177,9 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
                            "train_images": len(train_rows), "eval_images": len(eval_rows), "eval_split": eval_hash})
         client = MlflowClient()
 
-        images = load_image_stack([Path(p) for p in train_rows["path"]], pt.image_size)
-        probe = train_classifier(encoder, images, train_rows["label"].to_numpy(dtype=str), C=pr.C, tol=pr.tol,
-                                 max_iter=pr.max_iter, seed=rg.seed, device=device)
+        # The deployed probe: fitted on the chosen encoder's features of every training image.
+        probe = fit_linear_probe(features[encoder_name], train_labels, C=pr.C, max_iter=pr.max_iter, seed=rg.seed,
+                                 tol=pr.tol)
         classifier_info = log_classifier(encoder_path, probe, image_size=pt.image_size, encoder_name=encoder_name)
         eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
         classifier = _promote(
