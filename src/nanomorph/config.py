@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from nanomorph.data.archive import ArchiveLimits  # data.archive's own limits type: no copy to convert
 from nanomorph.errors import ConfigError
 
 PROFILES = ("micro", "cpu", "paper")
@@ -26,13 +27,6 @@ class HttpConfig:
     retries: int
     backoff_s: float
     timeout_s: float
-
-
-@dataclass(frozen=True)
-class ArchiveConfig:
-    max_members: int
-    max_member_bytes: int
-    max_total_bytes: int
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,7 @@ class FolderConfig:
     mask_suffixes: tuple[str, ...]
 
 
-_DATA_BLOCKS = {"http": HttpConfig, "archive": ArchiveConfig, "layout": LayoutConfig, "zenodo": ZenodoConfig,
+_DATA_BLOCKS = {"http": HttpConfig, "archive": ArchiveLimits, "layout": LayoutConfig, "zenodo": ZenodoConfig,
                 "cem500k": Cem500kConfig, "folder": FolderConfig}
 
 
@@ -100,7 +94,7 @@ class DataConfig:
     classes: tuple[str, ...]
     seed: int
     http: HttpConfig
-    archive: ArchiveConfig
+    archive: ArchiveLimits
     layout: LayoutConfig
     zenodo: ZenodoConfig
     cem500k: Cem500kConfig

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 
 from nanomorph.config import Config, DataConfig
-from nanomorph.data.archive import ArchiveLimits, staged_folder
+from nanomorph.data.archive import staged_folder
 from nanomorph.data.fetchers import (
     FileRecord,
     RetryPolicy,
@@ -42,11 +42,6 @@ SHOWN_PROBLEMS = 20
 
 def _policy(data: DataConfig) -> RetryPolicy:
     return RetryPolicy(retries=data.http.retries, backoff_s=data.http.backoff_s, timeout_s=data.http.timeout_s)
-
-
-def _limits(data: DataConfig) -> ArchiveLimits:
-    a = data.archive
-    return ArchiveLimits(a.max_members, a.max_member_bytes, a.max_total_bytes)
 
 
 def _rules(data: DataConfig, image_suffixes: tuple[str, ...], mask_suffixes: tuple[str, ...]) -> TreeRules:
@@ -84,7 +79,7 @@ def fetch_nanowires(data: DataConfig) -> list[FileRecord]:
         return fetch_zenodo(api_url=z.api_url, record_id=z.record, patterns=z.files, download_dir=data.download_dir,
                             out_dir=data.nanowire_dir, classes=data.classes,
                             rules=_rules(data, z.image_suffixes, z.mask_suffixes), policy=_policy(data),
-                            limits=_limits(data))
+                            limits=data.archive)
     f = data.folder
     return fetch_folder_nanowires(root=f.nanowire_root, manifest=f.nanowire_manifest, out_dir=data.nanowire_dir,
                                   classes=data.classes, rules=_rules(data, f.image_suffixes, f.mask_suffixes),
@@ -97,7 +92,7 @@ def fetch_generic(data: DataConfig) -> list[FileRecord]:
     if data.generic_source == "cem500k":
         return fetch_cem500k(url=data.cem500k.url, checksum=data.cem500k.checksum, count=data.generic_images,
                              seed=data.seed, download_dir=data.download_dir, out_dir=data.generic_dir,
-                             policy=_policy(data), limits=_limits(data))
+                             policy=_policy(data), limits=data.archive)
     return fetch_folder_generic(root=data.folder.generic_root, out_dir=data.generic_dir,
                                 image_suffixes=data.folder.image_suffixes, link=data.folder.link)
 

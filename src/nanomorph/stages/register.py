@@ -160,13 +160,13 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
     device = best_device()
     train_labels = train_rows["label"].to_numpy(dtype=str)
     images = load_image_stack([Path(p) for p in train_rows["path"]], pt.image_size)
-    features = {name: extract_features(resolve_encoder(name, pt.arch, pt.seed), images, batch_size=64, device=device)
-                for name in pr.encoders if name != BASELINE_ENCODER}
+    encoders = {name: resolve_encoder(name, pt.arch, pt.seed) for name in pr.encoders if name != BASELINE_ENCODER}
+    features = {name: extract_features(model, images, batch_size=64, device=device) for name, model in encoders.items()}
     choice = choose_encoder(features, train_labels, folds=rg.cv_folds, C=pr.C, tol=pr.tol, max_iter=pr.max_iter,
                             seed=rg.seed)
     encoder_name = choice["encoder"]
     encoder_path = Path("models/encoders") / f"{encoder_name}.pt"
-    encoder = resolve_encoder(encoder_name, pt.arch, pt.seed)
+    encoder = encoders[encoder_name]
     common_tags = {"nanomorph.encoder": encoder_name, "nanomorph.eval_split": eval_hash,
                    "nanomorph.eval_split_params": f"fraction={rg.eval_fraction},seed={rg.eval_seed}"}
 
