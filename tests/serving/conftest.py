@@ -4,6 +4,8 @@ registered as champions."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +56,8 @@ def _synthetic(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.n
     return np.stack(images), np.stack(masks), np.array(labels)
 
 
-@pytest.fixture(scope="session")
-def tiny_registry(tmp_path_factory) -> TinyRegistry:
+@pytest.fixture(scope="package")
+def tiny_registry(tmp_path_factory) -> Iterator[TinyRegistry]:
     root = tmp_path_factory.mktemp("registry")
     images, masks, labels = _synthetic(3, SIZE, seed=0)
     encoder = random_encoder("resnet18", seed=0)
@@ -95,4 +97,5 @@ def tiny_registry(tmp_path_factory) -> TinyRegistry:
             apply_decision(client, name, version.version, Decision(CHAMPION, True, "only version"))
     finally:
         mlflow.set_tracking_uri(previous_uri)
-    return TinyRegistry(root, tracking_uri, encoder, probe, unet, images, files, file_images)
+    yield TinyRegistry(root, tracking_uri, encoder, probe, unet, images, files, file_images)
+    shutil.rmtree(root, ignore_errors=True)

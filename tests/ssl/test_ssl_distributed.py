@@ -140,8 +140,9 @@ def two_ranks(tmp_path_factory):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(threads)
-    return torch.load(tmp / "rank0.pt", weights_only=False), torch.load(tmp / "rank1.pt", weights_only=False), \
-        references
+    records = torch.load(tmp / "rank0.pt", weights_only=False), torch.load(tmp / "rank1.pt", weights_only=False)
+    yield *records, references
+    shutil.rmtree(tmp, ignore_errors=True)  # ~0.6 GB of checkpoints: free it when the module ends (CI disk)
 
 
 def _weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

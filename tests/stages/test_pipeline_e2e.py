@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def _ran_stages(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict]:
+def project(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     work = tmp_path_factory.mktemp("e2e") / "project"
     work.mkdir()
     for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
@@ -60,7 +61,9 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     (work / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
     _run(["git", "add", "-A"], work, env)
     _run(["git", "commit", "-qm", "scratch project"], work, env)
-    return work, env
+    yield work, env
+    # ~1 GB of models, DVC cache and MLflow artifacts: free it now, not at the end of the session (CI disk).
+    shutil.rmtree(work.parent, ignore_errors=True)
 
 
 @pytest.mark.slow
