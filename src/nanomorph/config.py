@@ -167,6 +167,8 @@ class ProbeConfig:
     paper_batch_size: int
     paper_epochs: int
     knn_k: int
+    feature_size: int
+    feature_stages: tuple[str, ...]
     figure_n: int
     advisor_budgets: tuple[int, ...]
     labels_per_class: tuple[int, ...]
@@ -180,6 +182,7 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class SegmentConfig:
     encoders: tuple[str, ...]
+    classical: tuple[str, ...]
     freeze_encoder: bool
     lr: float
     batch_size: int
@@ -192,6 +195,7 @@ class SegmentConfig:
     image_size: int
     epoch_scale: float
     seeds: int
+    steps: int | None = None     # fixed optimiser steps per run (any n); None: the paper's epochs_for(n)
 
     def epochs_for(self, n: int) -> int:
         """Paper epochs for the nearest listed training-set size, scaled by the profile (at least 1)."""
@@ -215,6 +219,7 @@ class RegistryConfig:
     eval_fraction: float
     eval_seed: int
     margin: float
+    beat_classical: bool
     cv_folds: int
     seed: int
 

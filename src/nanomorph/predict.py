@@ -1,12 +1,17 @@
 """`nanomorph predict`: classify and/or segment image files with registered models.
 
-    nanomorph predict IMAGE_OR_FOLDER... [--model NAME@ALIAS] [--segmenter NAME@ALIAS] [--out DIR]
+    nanomorph predict IMAGE_OR_FOLDER... [--model NAME@ALIAS] [--segmenter NAME@ALIAS|classical[...]] [--out DIR]
 
 Folders are searched recursively for png/jpg/jpeg/tif/tiff files; files named on the command line are read
 whatever their suffix. Without --model and --segmenter both champions are used; naming one uses only that
 one. Writes DIR/predictions.csv (file, class, prob_<class>..., density, percolates, objects, overlay), one
 overlay PNG per segmented image (the wire mask in red over the image) under DIR/overlays, and
 DIR/skipped.csv listing every file that could not be used and why. A bad file never stops the batch.
+
+`--segmenter classical[:otsu|:local][:darker|:brighter]` segments with a classical threshold instead of a
+registered model (nanomorph.segment.classical; default global Otsu, objects darker than the background as in
+bright-field TEM; `local` is a Sauvola threshold with window 1/4 of the side and k 0.2), at each image's own
+resolution, with the same small-object clean-up: the baseline every learned segmenter is compared with.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from nanomorph.analysis.density import pixel_density
+from nanomorph.analysis.objects import count_objects
+from nanomorph.analysis.percolation import percolates
 from nanomorph.data.io import read_image
 from nanomorph.data.layout import find_images
 from nanomorph.errors import ImageReadError, NanomorphError
+from nanomorph.segment.classical import CLASSICAL_SEGMENTERS, ClassicalSegmenter
 from nanomorph.tracking.registry import ModelRef, parse_model_ref, resolve
 
 DEFAULT_CLASSIFIER = "nanomorph-classifier@champion"
@@ -33,6 +42,40 @@ DEFAULT_SEGMENTER = "nanomorph-segmenter@champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 OVERLAY_RGB = np.array([1.0, 0.15, 0.1], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
+CLASSICAL = "classical"
+# Settings of `--segmenter classical:local`: Sauvola's customary k and a window of a quarter of the side.
+LOCAL_DEFAULTS = {"window_fraction": 0.25, "k": 0.2}
+OBJECT_MIN_SIZE = 4  # px, as params.yaml segment.object_min_size
+
+
+class ClassicalSegmenterModel:
+    """A classical segmenter behind the registered segmenter's predict interface (mask, density, percolates,
+    objects per image), at each image's own resolution."""
+
+    def __init__(self, segmenter: ClassicalSegmenter):
+        self.segmenter = segmenter
+
+    def predict(self, frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        rows = []
+        for image in frame["image"]:
+            mask = self.segmenter.predict(np.asarray(image, dtype=np.float64))
+            rows.append({"mask": mask, "density": pixel_density(mask), "percolates": bool(percolates(mask)),
+                         "objects": count_objects(mask, self.segmenter.min_size)})
+        return pd.DataFrame(rows)
+
+
+def classical_segmenter(spec: str) -> ClassicalSegmenterModel:
+    """`classical[:otsu|:local][:darker|:brighter]` as a segmenter model (one-line error for anything else)."""
+    parts = spec.split(":")[1:]
+    method = next((p for p in parts if p in CLASSICAL_SEGMENTERS), "otsu")
+    polarity = next((p for p in parts if p in ("darker", "brighter")), "darker")
+    unknown = [p for p in parts if p not in (*CLASSICAL_SEGMENTERS, "darker", "brighter")]
+    if unknown:
+        raise NanomorphError(f"--segmenter {spec}: unknown part {unknown[0]!r} (use classical[:otsu|:local]"
+                             "[:darker|:brighter])")
+    settings = LOCAL_DEFAULTS if method == "local" else {}
+    return ClassicalSegmenterModel(ClassicalSegmenter(method, polarity == "darker", min_size=OBJECT_MIN_SIZE,
+                                                      **settings))
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
@@ -152,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"classifier: NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion); "
                              f"default {DEFAULT_CLASSIFIER}")
     parser.add_argument("--segmenter", default=None, metavar="NAME@ALIAS",
-                        help=f"segmenter, same forms; default {DEFAULT_SEGMENTER}")
+                        help=f"segmenter, same forms; default {DEFAULT_SEGMENTER}; or classical[:otsu|:local]"
+                             "[:darker|:brighter] for the classical threshold baseline (no model needed)")
     parser.add_argument("--out", default="predictions", type=Path, help="output folder (default: predictions)")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
@@ -166,13 +210,16 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> PredictionRun:
     if args.model is None and args.segmenter is None:
         args.model, args.segmenter = DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+    models = {}
+    if args.segmenter is not None and args.segmenter.split(":")[0] == CLASSICAL:
+        models["segmenter"] = classical_segmenter(args.segmenter)
+        print(f"segmenter: {models['segmenter'].segmenter.describe()} (classical, no model)", file=sys.stderr)
     refs = {kind: parse_model_ref(text) for kind, text in (("classifier", args.model), ("segmenter", args.segmenter))
-            if text is not None}
+            if text is not None and kind not in models}
     files = collect_images(args.paths)
     if not files:
         raise NanomorphError(f"no image files (png, jpg, jpeg, tif, tiff) in {', '.join(map(str, args.paths))}")
-    uri = tracking_uri(args.tracking_uri)
-    models = {}
+    uri = tracking_uri(args.tracking_uri) if refs else None
     for kind, ref in refs.items():
         models[kind], version = load_registered(ref, uri)
         print(f"{kind}: {ref} (version {version.version})", file=sys.stderr)

@@ -75,3 +75,65 @@ def test_nested_subsets_and_random_split():
     strata = np.repeat([0, 1], [12, 8])
     _, test = random_split(20, 0.25, seed=0, strata=strata)
     assert sorted(strata[test].tolist()) == [0, 0, 0, 1, 1]
+
+
+def test_given_split_from_a_manifest_column():
+    from nanomorph.probe.splits import GivenSplit
+
+    given = GivenSplit.from_column(["train", "TEST", "val", "validation", "train", " test "])
+    np.testing.assert_array_equal(given.train, [0, 4])
+    np.testing.assert_array_equal(given.validation, [2, 3])
+    np.testing.assert_array_equal(given.test, [1, 5])
+    assert GivenSplit.from_column([None, float("nan"), ""]) is None
+
+
+@pytest.mark.parametrize("column, message", [
+    (["train", None, "test"], "no split"),
+    (["train", "holdout", "test"], "unknown split names"),
+    (["train", "train"], "0 test"),
+])
+def test_given_split_refuses_partial_or_unknown_columns(column, message):
+    from nanomorph.probe.splits import GivenSplit
+
+    with pytest.raises(ValueError, match=message):
+        GivenSplit.from_column(column, "lab.csv")
+
+
+def test_sweep_and_advisor_never_resplit_a_given_test_part():
+    from nanomorph.probe.advisor import evaluate_advisor
+    from nanomorph.probe.solvers import SolverSettings
+    from nanomorph.probe.splits import GivenSplit, SplitRule
+    from nanomorph.probe.sweep import label_budget_runs
+
+    labels = np.repeat(np.array(["a", "b"]), 10)
+    column = ["test" if i % 5 == 0 else "train" for i in range(20)]
+    rule = SplitRule(0.2, GivenSplit.from_column(column))
+    test = np.flatnonzero(np.array(column) == "test")
+    runs = list(label_budget_runs(labels, [1, 2], range(4), rule))
+    assert len(runs) == 8
+    fits = set()
+    for _seed, n, fit_idx, test_idx in runs:
+        np.testing.assert_array_equal(test_idx, test)
+        assert not set(fit_idx) & set(test) and len(fit_idx) == 2 * n
+        fits.add(tuple(fit_idx))
+    assert len(fits) > 2                          # seeds still vary the labelled training subsets
+    features = np.random.default_rng(0).normal(size=(20, 3))
+    table = evaluate_advisor({("f", 0): features}, labels, [2], [0, 1], rule, SolverSettings(), random_draws=2)
+    assert len(table) == 2 * 3
+
+
+def test_segmentation_split_honours_the_given_parts():
+    from nanomorph.probe.splits import GivenSplit, SplitRule
+    from nanomorph.segment.sweep import split_train_validation_test
+
+    given = GivenSplit.from_column(["train"] * 6 + ["val"] * 2 + ["test"] * 2)
+    rule = SplitRule(0.2, given)
+    for seed in (0, 1):
+        train, val, test = split_train_validation_test(10, rule, 0.125, seed, None)
+        np.testing.assert_array_equal(train, range(6))
+        np.testing.assert_array_equal(val, [6, 7])
+        np.testing.assert_array_equal(test, [8, 9])
+    no_val = SplitRule(0.2, GivenSplit.from_column(["train"] * 8 + ["test"] * 2))
+    train, val, test = split_train_validation_test(10, no_val, 0.25, 0, None)
+    np.testing.assert_array_equal(test, [8, 9])
+    assert len(val) == 2 and not set(val) & set(train) and set(train) | set(val) == set(range(8))

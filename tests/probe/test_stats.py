@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nanomorph.probe.stats import STATS_COLUMNS, mann_whitney, pairwise_mann_whitney
+from nanomorph.probe.stats import STATS_COLUMNS, holm, mann_whitney, paired_wilcoxon, pairwise_wilcoxon
 
 
 def _table(samples: dict[tuple[str, int], np.ndarray]) -> pd.DataFrame:
-    return pd.concat([pd.DataFrame({"encoder": m, "n": n, "accuracy": v}) for (m, n), v in samples.items()],
-                     ignore_index=True)
+    return pd.concat([pd.DataFrame({"encoder": m, "n": n, "split_seed": np.arange(len(v)), "accuracy": v})
+                      for (m, n), v in samples.items()], ignore_index=True)
 
 
 def test_separated_samples_give_the_exact_extreme_p():
@@ -17,36 +17,60 @@ def test_separated_samples_give_the_exact_extreme_p():
     U, p = mann_whitney(np.arange(8.0), np.arange(8.0) + 100)
     assert U == 0
     assert p == pytest.approx(2 / math.comb(16, 8))
-    U_rev, p_rev = mann_whitney(np.arange(8.0) + 100, np.arange(8.0))
-    assert U_rev == 64 and p_rev == pytest.approx(p)
 
 
-def test_known_distributions():
+def test_paired_test_sees_a_consistent_small_gain_that_unpaired_misses():
+    """b = a + a small positive shift on every unit, a itself widely spread: only the pairing reveals it."""
     rng = np.random.default_rng(0)
-    same_a, same_b = rng.normal(0, 1, 200), rng.normal(0, 1, 200)
-    shifted = rng.normal(1.0, 1, 200)
-    table = _table({("a", 1): same_a, ("b", 1): same_b, ("c", 1): shifted})
-    stats = pairwise_mann_whitney(table).set_index(["method_a", "method_b"])
-    assert stats.loc[("a", "b"), "p"] > 0.05             # same distribution
-    assert stats.loc[("a", "c"), "p"] < 1e-10            # shifted by one standard deviation
-    assert stats.loc[("a", "c"), "median_b"] > stats.loc[("a", "c"), "median_a"]
-    # U of a plus U of b is the number of pairs.
-    U_ba, _ = mann_whitney(shifted, same_a)
-    assert stats.loc[("a", "c"), "U"] + U_ba == 200 * 200
+    a = rng.normal(0.5, 0.2, 12)
+    b = a + rng.uniform(0.01, 0.02, 12)
+    _W, p_paired = paired_wilcoxon(b, a)
+    _U, p_unpaired = mann_whitney(b, a)
+    assert p_paired == pytest.approx(2 / 2**12)   # exact test, every difference positive
+    assert p_unpaired > 0.5
 
 
-def test_table_layout_per_n_and_pair():
-    rng = np.random.default_rng(1)
-    samples = {(m, n): rng.random(5) for m in ("x", "y", "z") for n in (1, 8)}
-    stats = pairwise_mann_whitney(_table(samples))
+def test_identical_scores_give_p_one_and_empty_is_undefined():
+    assert paired_wilcoxon(np.ones(5), np.ones(5)) == (0.0, 1.0)
+    W, p = paired_wilcoxon(np.array([]), np.array([]))
+    assert math.isnan(W) and math.isnan(p)
+
+
+def test_holm_by_hand():
+    # sorted: 0.01*4=0.04, 0.02*3=0.06, 0.03*2=0.06 (running max), 0.5*1=0.5; NaN stays out of the family.
+    adjusted = holm([0.03, 0.01, float("nan"), 0.5, 0.02])
+    np.testing.assert_allclose(adjusted[[0, 1, 3, 4]], [0.06, 0.04, 0.5, 0.06])
+    assert math.isnan(adjusted[2])
+    assert holm([0.9, 0.8]).max() == 1.0
+
+
+def test_pairs_are_matched_by_split_seed_not_by_row_order():
+    table = _table({("x", 1): np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
+                    ("y", 1): np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.7])})
+    shuffled = table.sample(frac=1.0, random_state=3)
+    stats = pairwise_wilcoxon(shuffled)
     assert list(stats.columns) == STATS_COLUMNS
+    row = stats.iloc[0]
+    assert row.pairs == 6 and row.median_difference == pytest.approx(-0.1)
+    assert row.p == pytest.approx(2 / 2**6)
+
+
+def test_encoder_seeds_of_one_unit_are_averaged_and_missing_units_dropped():
+    rows = [{"encoder": "x", "n": 1, "split_seed": s, "encoder_seed": e, "accuracy": 0.5 + 0.1 * e}
+            for s in range(4) for e in (0, 1)]
+    rows += [{"encoder": "y", "n": 1, "split_seed": s, "encoder_seed": 0, "accuracy": 0.4} for s in range(3)]
+    stats = pairwise_wilcoxon(pd.DataFrame(rows))
+    row = stats.iloc[0]
+    assert row.pairs == 3                       # split seed 3 has no y
+    assert row.median_a == pytest.approx(0.55)  # mean of the two encoder seeds
+
+
+def test_holm_family_is_the_whole_table():
+    rng = np.random.default_rng(1)
+    samples = {(m, n): rng.random(8) for m in ("x", "y", "z") for n in (1, 8)}
+    stats = pairwise_wilcoxon(_table(samples))
     assert len(stats) == 2 * 3
-    assert set(zip(stats.method_a, stats.method_b)) == {("x", "y"), ("x", "z"), ("y", "z")}
-    assert (stats.runs_a == 5).all()
-
-
-def test_missing_method_at_some_n_is_undefined_not_an_error():
-    table = _table({("a", 1): np.array([0.1, 0.2]), ("b", 2): np.array([0.3, 0.4]), ("a", 2): np.array([0.5])})
-    stats = pairwise_mann_whitney(table)
-    at_1 = stats[stats.n == 1].iloc[0]
-    assert at_1.runs_b == 0 and math.isnan(at_1.p) and math.isnan(at_1.U)
+    np.testing.assert_allclose(stats.p_holm, holm(stats.p))
+    assert (stats.p_holm >= stats.p).all()
+    only = pairwise_wilcoxon(_table(samples), pairs=[("x", "z")])
+    assert set(zip(only.method_a, only.method_b)) == {("x", "z")} and len(only) == 2

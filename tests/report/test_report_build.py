@@ -40,7 +40,7 @@ def _metrics(tmp_path: Path, with_optional: bool = True) -> Path:
     if with_optional:
         (metrics / "validate.json").write_text(json.dumps({"files": 784, "quarantined": 3, "nanowire_ok": 397}))
         (metrics / "analyse.json").write_text(json.dumps({
-            "percolation_agreement_dispersed_vs_network": 0.95, "median_density": {"network": 0.2, "dispersed": 0.04},
+            "percolation_agreement_true_masks": 0.95, "generator_self_check": True, "median_density": {"network": 0.2, "dispersed": 0.04},
             "percolating_share": {"network": 0.9, "dispersed": 0.0}}))
         pd.DataFrame({"image": ["a", "b", "c", "d"], "label": ["network", "network", "dispersed", "dispersed"],
                       "density": [0.2, 0.22, 0.04, 0.05], "percolates": [True, False, False, False]}
@@ -125,3 +125,42 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # Rendered content: dark text pixels and the coloured box plots, not just a white page.
     assert (pixels.sum(axis=2) < 150).mean() > 0.001
     assert (np.ptp(pixels, axis=2) > 60).mean() > 0.001
+
+
+def test_headline_puts_learned_beside_classical_random_and_the_paper(tmp_path):
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    accuracy = {"barlow_twins": 0.8, "random": 0.5, "classical": 0.6}
+    pd.DataFrame([{"encoder": e, "classifier": "linear", "split_seed": s, "n": n, "accuracy": a + 0.01 * s}
+                  for e, a in accuracy.items() for s in range(12) for n in (1, 8)]
+                 ).to_csv(metrics / "probe_results.csv", index=False)
+    # Holm-corrected tests: barlow_twins beats both baselines at n=8, only random at n=1.
+    tests = [{"n": 8, "method": "barlow_twins", "baseline": b, "median_difference": 0.2, "p": 1e-4, "p_holm": 4e-4}
+             for b in ("random", "classical")]
+    tests += [{"n": 1, "method": "barlow_twins", "baseline": "random", "median_difference": 0.3, "p": 1e-4,
+               "p_holm": 4e-4},
+              {"n": 1, "method": "barlow_twins", "baseline": "classical", "median_difference": 0.2, "p": 0.02,
+               "p_holm": 0.04}]
+    (metrics / "probe.json").write_text(json.dumps({"headline_tests": tests}))
+    pd.DataFrame([{"encoder": e, "seed": 0, "n": n, "image_index": i, "dice": d, "iou": d / 2}
+                  for e, d in (("barlow_twins", 0.7), ("random", 0.4), ("otsu", 0.5)) for n in (1, 8)
+                  for i in range(4)]).to_csv(metrics / "segment_results.csv", index=False)
+    (metrics / "segment.json").write_text(json.dumps({
+        "classical": ["otsu"], "image_size": 64, "headline_tests": [],
+        "best": {"encoder": "barlow_twins", "n": 8},
+        "percolation": {"agreement_predicted": 0.7, "agreement_true": 1.0, "images": 40},
+        "classical_downstream": {"method": "otsu", "percolation": {"agreement_predicted": 0.55}}}))
+    (metrics / "analyse.json").write_text(json.dumps({"percolation_agreement_true_masks": 1.0,
+                                                      "generator_self_check": True}))
+    paths = write_report(metrics, tmp_path / "reports", "micro", 8,
+                         (tmp_path / "figures/probe", tmp_path / "figures/segment"))
+    page = paths["markdown"].read_text()
+    headline = page[page.index("## Headline"):page.index("## Few-shot classification")]
+    assert "synthetic" in headline and "random-init" in headline and "classical" in headline
+    assert "| labels/class | barlow_twins | random | classical | paper (BT, TEM) |" in headline
+    assert "0.90" in headline and "0.74" in headline                     # the paper's numbers beside ours
+    assert "barlow_twins: beats both baselines (Holm p < 0.01) at labels/class 8 of n <= 8." in headline
+    assert "with no training images" in headline                          # no segmentation test passed
+    assert "PREDICTED masks" in headline and "70.0%" in headline and "55.0%" in headline
+    assert "generator self-check" in headline
+    assert json.loads(paths["metrics"].read_text())["percolation_agreement"] == 0.7

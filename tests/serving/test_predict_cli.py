@@ -76,3 +76,29 @@ def test_predict_tiled_segments_at_native_resolution(tiny_registry, tmp_path):
     row = pd.read_csv(out / "predictions.csv").iloc[0]
     expected = tiled_mask(tiny_registry.unet, read_image(path).astype(np.float32))
     assert row["density"] == pytest.approx(expected.mean(), abs=0.01)
+
+
+def test_predict_with_the_classical_segmenter_needs_no_registry(tmp_path, capsys):
+    """`--segmenter classical` thresholds at the image's own size; it finds a dark bar and says which method."""
+    folder = tmp_path / "own"
+    folder.mkdir()
+    image = np.full((48, 80), 200, dtype=np.uint8)
+    image[20:26, 5:75] = 40                       # one dark wire across the image
+    Image.fromarray(image).save(folder / "wire.png")
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--segmenter", "classical:otsu:darker", "--out", str(out),
+                 "--tracking-uri", "sqlite:///does-not-exist.db", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "global Otsu, objects darker" in captured.err
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    assert row["objects"] == 1 and row["density"] == pytest.approx(6 * 70 / (48 * 80))
+    assert np.asarray(Image.open(row["overlay"])).shape == (48, 80, 3)
+
+
+def test_predict_classical_spec_mistake_is_one_line(tmp_path, capsys):
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(tmp_path / "a.png")
+    code = main(["predict", str(tmp_path / "a.png"), "--segmenter", "classical:watershed", "--out",
+                 str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown part 'watershed'" in err[0]

@@ -43,12 +43,13 @@ def test_encoder_choice_is_cross_validated_on_the_training_part():
         choose_encoder({}, labels, folds=3, C=1.0, tol=1e-6, max_iter=500, seed=0)
 
 
-def _project(tmp_path: Path) -> Path:
+def _project(tmp_path: Path, beat_classical: bool = False) -> Path:
     project = tmp_path / "project"
     project.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "micro"
     params["registry"]["cv_folds"] = 3  # 3 training images per class here
+    params["registry"]["beat_classical"] = beat_classical
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_nanowire_dataset(project / "data/raw/nanowires", CLASSES, images_per_class=4, size=32, seed=0, progress=False)
     rows = []
@@ -112,4 +113,24 @@ def test_register_twice_promotes_by_the_rule(tmp_path, monkeypatch):
             assert key in tags[0] and key in tags[1]
         assert tags[0]["params_hash"] != tags[1]["params_hash"]
         assert float(tags[1][f"eval.{entry['metric']}"]) == pytest.approx(entry["score"], abs=1e-6)
+    shutil.rmtree(project / "mlartifacts", ignore_errors=True)
+
+
+def test_a_version_that_does_not_beat_the_classical_baseline_is_never_champion(tmp_path, monkeypatch):
+    project = _project(tmp_path, beat_classical=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.chdir(project)
+    assert main([]) == 0
+    report = json.loads((project / "metrics/register.json").read_text())
+    assert report["classical_baselines"]["classifier"]["method"] == "classical"
+    assert set(report["classical_baselines"]["segmenter"]["all"]) == {"otsu", "local"}
+    for kind in ("classifier", "segmenter"):
+        entry = report[kind]
+        baseline = entry["classical_baseline"]
+        assert 0.0 <= baseline["score"] <= 1.0
+        # No champion yet: the classical baseline alone decides.
+        beats = entry["score"] > baseline["score"]
+        assert entry["alias"] == ("champion" if beats else "challenger")
+        if not beats:
+            assert "does not beat the classical baseline" in entry["reason"]
     shutil.rmtree(project / "mlartifacts", ignore_errors=True)

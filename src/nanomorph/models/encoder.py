@@ -16,6 +16,7 @@ from torch import nn
 from torchvision import models as tv_models
 
 ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Fixed normalisation for [0, 1] EM intensities: bright film near 0.6-0.8, dark objects near 0.2-0.4.
 EM_MEAN, EM_STD = 0.5, 0.25
 
@@ -51,6 +52,24 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
+
+    def pooled_stages(self, x: torch.Tensor, stages: tuple[str, ...] = ("layer4",)) -> torch.Tensor:
+        """Global-average-pooled outputs of the named residual stages (`layer1`..`layer4`), concatenated (B, D').
+
+        `("layer4",)` equals `forward`. Earlier stages see finer structure (wire width, grain) at a smaller
+        receptive field, which a few-shot probe on small images can use.
+        """
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages:
+            raise ValueError(f"unknown encoder stages {unknown or stages} (choose from {', '.join(STAGES)})")
+        t = self.trunk
+        x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+        pooled = []
+        for name in STAGES[: max(STAGES.index(s) for s in stages) + 1]:
+            x = getattr(t, name)(x)
+            if name in stages:
+                pooled.append(torch.flatten(t.avgpool(x), 1))
+        return torch.cat(pooled, dim=1)
 
     def resnet_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under torchvision/smp ResNet key names (conv1.weight, layer1.0.bn1.running_mean, ...)."""

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.solvers import SolverSettings, fit_predict
-from nanomorph.probe.splits import stratified_split
+from nanomorph.probe.splits import SplitRule, as_rule
 
 SUMMARY_COLUMNS = ["encoder", "encoder_seed", "k", "seeds", "advisor_accuracy", "random_accuracy",
                    "advisor_minus_random", "advisor_wins", "wilcoxon_p", "advisor_classes_covered",
@@ -57,7 +57,7 @@ def random_labels(n_pool: int, k: int, seed: int) -> np.ndarray:
 
 
 def evaluate_advisor(feature_sets: Mapping[tuple[str, int], np.ndarray], labels: np.ndarray,
-                     budgets: Sequence[int], split_seeds: Sequence[int], test_fraction: float,
+                     budgets: Sequence[int], split_seeds: Sequence[int], test_fraction: float | SplitRule,
                      settings: SolverSettings, random_draws: int = 10, progress: bool = False) -> pd.DataFrame:
     """One row per (feature set, k, split seed, choice): choice `advisor` or `random` (draw index in
     `draw`), accuracy on the split's test part, and how many classes the k labels covered."""
@@ -67,7 +67,7 @@ def evaluate_advisor(feature_sets: Mapping[tuple[str, int], np.ndarray], labels:
     tasks, meta = [], []
     for key, features in feature_sets.items():
         for seed in split_seeds:
-            pool, test_idx = stratified_split(labels, test_fraction, seed)
+            pool, test_idx = as_rule(test_fraction).train_test(labels, seed)
             for k in budgets:
                 picks = [("advisor", -1, pool[propose_labels(features[pool], k, seed)])]
                 picks += [("random", d, pool[random_labels(len(pool), k, seed * 1000 + d)])

@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.solvers import SolverSettings, fit_predict
 from nanomorph.probe.stats import mann_whitney
+from nanomorph.probe.splits import SplitRule
 from nanomorph.probe.sweep import label_budget_runs
 
 SUMMARY_COLUMNS = ["encoder", "encoder_seed", "probes", "inverted", "median_accuracy_inverted",
@@ -48,7 +49,7 @@ def anchor_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def anchor_study(feature_sets: Mapping[tuple[str, int], np.ndarray], labels: np.ndarray, densities: np.ndarray,
-                 split_seeds: Sequence[int], test_fraction: float, settings: SolverSettings,
+                 split_seeds: Sequence[int], test_fraction: float | SplitRule, settings: SolverSettings,
                  sparse_class: str = "dispersed", dense_class: str = "network",
                  progress: bool = False) -> pd.DataFrame:
     """One row per (feature set, split seed) one-shot probe: accuracy, its anchors, their typicality and

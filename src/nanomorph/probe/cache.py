@@ -1,10 +1,10 @@
 """Content-keyed cache of frozen-encoder features.
 
-Features depend on exactly four things, and the cache key is a hash of all four:
+Features depend on exactly five things, and the cache key is a hash of all five:
   * the encoder's weights (a hash of every tensor of its state dict, BatchNorm statistics included, plus
     its architecture), not its file name or time stamp: a retrained encoder with new weights misses the
     cache, an untouched one hits it even if its file was rewritten;
-  * the resolution the images are resized to;
+  * the resolution the images are resized to, and the encoder stages pooled;
   * the image set: the content hashes of the images, in order (the validate stage's sha256 column);
   * the extraction code itself (source of `extract_features` and `normalise`, and the torch version), so a
     change to how features are computed invalidates every entry.
@@ -73,9 +73,12 @@ class FeatureCache:
         self.root = Path(root)
 
     @staticmethod
-    def key(encoder_hash: str, image_size: int, image_set_hash: str) -> dict[str, str | int]:
+    def key(encoder_hash: str, image_size: int, image_set_hash: str,
+            stages: tuple[str, ...] = ("layer4",)) -> dict[str, str | int]:
         parts: dict[str, str | int] = {"encoder": encoder_hash, "image_size": int(image_size),
                                        "image_set": image_set_hash, "extractor": extractor_fingerprint()}
+        if tuple(stages) != ("layer4",):  # the default keeps the keys of caches written before stages existed
+            parts["stages"] = ",".join(stages)
         parts["key"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         return parts
 
@@ -99,13 +102,13 @@ class FeatureCache:
 
     def get_or_extract(self, name: str, encoder_seed: int, encoder: nn.Module, image_size: int,
                        image_set_hash: str, n_images: int, load_images: Callable[[], np.ndarray],
-                       batch_size: int = 64, device: str = "cpu",
-                       progress: bool = False) -> tuple[np.ndarray, CacheEntry]:
+                       batch_size: int = 64, device: str = "cpu", progress: bool = False,
+                       stages: tuple[str, ...] = ("layer4",)) -> tuple[np.ndarray, CacheEntry]:
         """Cached features of `encoder` on the image set, extracting (and storing) them on a miss.
 
         `load_images` is called only on a miss, so a fully cached run never decodes an image.
         """
-        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash)
+        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash, stages)
         array_path, meta_path = self._paths(name, encoder_seed, str(parts["key"]))
         features = self.lookup(name, encoder_seed, parts, n_images)
         hit = features is not None
@@ -113,7 +116,8 @@ class FeatureCache:
             images = load_images()
             if len(images) != n_images or images.shape[1:] != (image_size, image_size):
                 raise ValueError(f"expected {n_images} images of {image_size} px, got shape {images.shape}")
-            features = extract_features(encoder, images, batch_size=batch_size, device=device, progress=progress)
+            features = extract_features(encoder, images, batch_size=batch_size, device=device, progress=progress,
+                                        stages=stages)
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = array_path.with_name(array_path.name + ".tmp")
             with open(tmp, "wb") as handle:

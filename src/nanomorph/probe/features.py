@@ -25,8 +25,12 @@ def extract_features(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    stages: tuple[str, ...] = ("layer4",),
 ) -> np.ndarray:
     """Global-average-pooled features (N, D) float32 of (N, H, W) [0, 1] images.
+
+    `stages`: the residual stages whose pooled outputs are concatenated (`ResNetEncoder.pooled_stages`);
+    the default, the last stage alone, is the encoder's own output.
 
     The encoder runs in eval mode so BatchNorm uses its running statistics: a row's features then do not
     depend on which other images share its batch. The encoder's previous train/eval mode is restored.
@@ -43,10 +47,10 @@ def extract_features(
             starts = range(0, len(images), batch_size)
             for start in tqdm(starts, desc="features", disable=not progress, leave=False):
                 batch = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1).to(device)
-                feats = encoder(normalise(batch))
+                feats = encoder.pooled_stages(normalise(batch), tuple(stages))
                 chunks.append(feats.reshape(len(batch), -1).float().cpu().numpy())
     finally:
         encoder.train(was_training)
     if not chunks:
-        return np.zeros((0, getattr(encoder, "out_dim", 0)), dtype=np.float32)
+        return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)

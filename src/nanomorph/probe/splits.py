@@ -1,13 +1,16 @@
-"""Seeded train/test splits and nested label-budget subsets.
+"""Seeded train/test splits, a data set's own split, and nested label-budget subsets.
 
 Only the train part of a split is ever subsampled; the test part is returned once per split seed and
-is used for evaluation only.
+is used for evaluation only. When the data come with their own split (a lab's `split` column: train, val,
+test), `SplitRule` with a `GivenSplit` returns it for every seed: seeds then vary only which labelled
+training images a few-shot run draws, and the lab's test images are never resplit.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
@@ -25,6 +28,60 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
     train_idx, test_idx = next(splitter.split(np.zeros(len(labels)), labels))
     return np.sort(train_idx), np.sort(test_idx)
+
+
+SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class GivenSplit:
+    """A data set's own split: sorted row indices of its train, validation and test parts."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def from_column(cls, splits: Sequence[object], what: str = "manifest") -> GivenSplit | None:
+        """The split named row by row (train | val | validation | test, any case); None when no row names one.
+
+        A partial column (some rows without a split) or an unknown name is refused: guessing would put a
+        lab's test image into training. Train and test must not be empty.
+        """
+        names = [s.strip().casefold() if isinstance(s, str) and s.strip() else None for s in splits]
+        if all(n is None for n in names):
+            return None
+        missing = [i for i, n in enumerate(names) if n is None]
+        if missing:
+            raise ValueError(f"{what}: {len(missing)} of {len(names)} rows have no split (e.g. row {missing[0]}) "
+                             "while others do; give every row train, val or test")
+        unknown = sorted({n for n in names if n not in SPLIT_NAMES})
+        if unknown:
+            raise ValueError(f"{what}: unknown split names {unknown} (use train, val or test)")
+        parts = np.array([SPLIT_NAMES[n] for n in names])
+        given = cls(*(np.flatnonzero(parts == p) for p in ("train", "validation", "test")))
+        if not len(given.train) or not len(given.test):
+            raise ValueError(f"{what}: its split has {len(given.train)} train and {len(given.test)} test rows; "
+                             "both are needed")
+        return given
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How a split seed becomes (train, test): a seeded stratified split of `test_fraction`, or `given`."""
+
+    test_fraction: float
+    given: GivenSplit | None = None
+
+    def train_test(self, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.given is not None:
+            return self.given.train, self.given.test
+        return stratified_split(labels, self.test_fraction, seed)
+
+
+def as_rule(split: float | SplitRule) -> SplitRule:
+    """A bare test fraction as the seeded-split rule; a SplitRule as it is."""
+    return split if isinstance(split, SplitRule) else SplitRule(float(split))
 
 
 def random_split(

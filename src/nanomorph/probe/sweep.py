@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.linear import knn_probe
 from nanomorph.probe.solvers import SolverSettings, fit_predict
-from nanomorph.probe.splits import nested_label_subsets, stratified_split
+from nanomorph.probe.splits import SplitRule, as_rule, nested_label_subsets
 
 CLASSIFIERS = ("linear", "knn")
 # Columns that identify a group of runs in `summarise_sweep` when the caller has added them.
@@ -33,12 +33,16 @@ SWEEP_KEYS = ("encoder", "classifier", "encoder_seed", "split_seed", "n")
 
 
 def label_budget_runs(
-    labels: np.ndarray, sizes: Sequence[int], split_seeds: Sequence[int], test_fraction: float
+    labels: np.ndarray, sizes: Sequence[int], split_seeds: Sequence[int], test_fraction: float | SplitRule
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Yield (split_seed, n, fit_idx, test_idx) for every run of the sweep: the sweep's only index source."""
+    """Yield (split_seed, n, fit_idx, test_idx) for every run of the sweep: the sweep's only index source.
+
+    `test_fraction` may be a SplitRule holding the data's own split (then every seed shares its test part).
+    """
     labels = np.asarray(labels)
+    rule = as_rule(test_fraction)
     for seed in split_seeds:
-        train_idx, test_idx = stratified_split(labels, test_fraction, seed)
+        train_idx, test_idx = rule.train_test(labels, seed)
         for n, fit_idx in nested_label_subsets(labels, train_idx, sizes, seed).items():
             yield int(seed), n, fit_idx, test_idx
 
@@ -84,7 +88,7 @@ def probe_sweep(
     labels: np.ndarray,
     sizes: Sequence[int],
     split_seeds: Sequence[int],
-    test_fraction: float,
+    test_fraction: float | SplitRule,
     settings: SolverSettings | None = None,
     classifiers: Sequence[str] = ("linear", "knn"),
     knn_k: int = 5,

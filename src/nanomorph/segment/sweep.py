@@ -18,7 +18,8 @@ import segmentation_models_pytorch as smp
 import torch
 from tqdm.auto import tqdm
 
-from nanomorph.probe.splits import nested_subsets, random_split
+from nanomorph.probe.splits import SplitRule, nested_subsets, random_split
+from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.model import build_unet
 from nanomorph.segment.train import predict_masks, train_segmenter
@@ -30,7 +31,8 @@ COLUMNS = ["encoder", "seed", "n", "split", "image_index", "dice", "iou"]
 class SweepRun:
     """One finished (encoder, seed, n) run, as handed to `segmentation_sweep`'s `on_run` callback.
 
-    `pred` holds the boolean test masks in the order of `test_idx`; `model` is the trained U-Net (eval mode).
+    `pred` holds the boolean test masks in the order of `test_idx`; `model` is the trained U-Net (eval mode),
+    None for a classical segmenter.
     """
 
     encoder: str
@@ -38,7 +40,7 @@ class SweepRun:
     n: int
     fit_idx: np.ndarray
     test_idx: np.ndarray
-    model: smp.Unet
+    model: smp.Unet | None
     pred: np.ndarray
 
 
@@ -60,11 +62,23 @@ def _score_rows(name: str, seed: int, n: int, split: str, idx: np.ndarray, pred:
     return rows
 
 
-def split_train_validation_test(n_images: int, test_fraction: float, validation_fraction: float, seed: int,
-                                strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_train_validation_test(n_images: int, test_fraction: float | SplitRule, validation_fraction: float,
+                                seed: int, strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted (train_idx, validation_idx, test_idx): test first, then validation out of the rest, both
-    stratified by `strata` when given; validation is empty when `validation_fraction` is 0."""
-    train_idx, test_idx = random_split(n_images, test_fraction, seed, strata)
+    stratified by `strata` when given; validation is empty when `validation_fraction` is 0.
+
+    A SplitRule with the data's own split returns its parts as they are, for every seed (a given split without
+    validation images gets its validation part carved out of its train part as above).
+    """
+    if isinstance(test_fraction, SplitRule) and test_fraction.given is not None:
+        train_idx, given_val, test_idx = (test_fraction.given.train, test_fraction.given.validation,
+                                          test_fraction.given.test)
+        if len(given_val) or validation_fraction <= 0:
+            return train_idx, given_val, test_idx
+    else:
+        if isinstance(test_fraction, SplitRule):
+            test_fraction = test_fraction.test_fraction
+        train_idx, test_idx = random_split(n_images, test_fraction, seed, strata)
     if validation_fraction <= 0:
         return train_idx, np.array([], dtype=int), test_idx
     part_strata = None if strata is None else np.asarray(strata)[train_idx]
@@ -81,7 +95,7 @@ def segmentation_sweep(
     train_sizes: Sequence[int],
     epochs_for: Callable[[int], int],
     seeds: Sequence[int],
-    test_fraction: float,
+    test_fraction: float | SplitRule,
     lr: float,
     batch_size: int,
     freeze_encoder: bool,
@@ -90,6 +104,9 @@ def segmentation_sweep(
     device: str = "cpu",
     progress: bool = True,
     on_run: Callable[[SweepRun], None] | None = None,
+    classical: Sequence[str] = (),
+    object_min_size: int = 4,
+    steps: int | None = None,
 ) -> pd.DataFrame:
     """Rows (encoder, seed, n, split, image_index, dice, iou): one per validation or test image per
     (encoder, seed, n) run.
@@ -98,22 +115,37 @@ def segmentation_sweep(
     seed drives the split, the subset draw, the U-Net initialisation and the training shuffles/flips,
     identically for every encoder. `on_run`, when given, receives every finished run (model and test
     predictions included), e.g. to keep the predictions of some runs for further analysis.
+    `steps`, when given, trains every run for that many optimiser steps (whatever n) instead of
+    `epochs_for(n)` epochs.
+    `classical` names classical segmenters (nanomorph.segment.classical) fitted on the same training images of
+    every (seed, n) and scored on the same validation and test images; their rows carry the method's name in
+    `encoder` (they reach `on_run` with `model=None`).
     """
     images = np.asarray(images, dtype=np.float32)
     masks = np.asarray(masks)
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    plan = []
+    plan, classical_plan = [], []
     for seed in seeds:
         train_idx, val_idx, test_idx = split_train_validation_test(len(images), test_fraction, validation_fraction,
                                                                    seed, strata)
         for n, fit_idx in nested_subsets(train_idx, train_sizes, seed).items():
             plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in encoder_states)
+            classical_plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in classical)
     rows: list[dict] = []
+    for name, seed, n, fit_idx, val_idx, test_idx in classical_plan:
+        segmenter = fit_classical(name, images[fit_idx], masks[fit_idx], min_size=object_min_size)
+        if len(val_idx):
+            rows.extend(_score_rows(name, seed, n, "validation", val_idx, segmenter.predict(images[val_idx]), masks))
+        pred = segmenter.predict(images[test_idx])
+        rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
+        if on_run is not None:
+            on_run(SweepRun(name, seed, n, fit_idx, test_idx, None, pred))
     for name, seed, n, fit_idx, val_idx, test_idx in tqdm(plan, desc="segmentation runs", disable=not progress):
         model = seeded_unet(arch, encoder_states[name], freeze_encoder, init_seed=seed)
         train_segmenter(
-            model, images[fit_idx], masks[fit_idx], epochs=epochs_for(n), lr=lr, batch_size=batch_size,
+            model, images[fit_idx], masks[fit_idx], epochs=None if steps else epochs_for(n), steps=steps, lr=lr,
+            batch_size=batch_size,
             seed=seed, device=device,
         )
         if len(val_idx):

@@ -6,6 +6,8 @@ number of epochs comes from the caller (params.yaml) and test images are never s
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
@@ -34,13 +36,33 @@ def _encoder_frozen(model: smp.Unet) -> bool:
     return not any(p.requires_grad for p in model.encoder.parameters())
 
 
-def _random_hflip(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip each (image, mask) pair left-right with probability 1/2; both get the same flip."""
-    flip = torch.rand(len(x), generator=gen) < 0.5
-    x, y = x.clone(), y.clone()
-    x[flip] = x[flip].flip(-1)
-    y[flip] = y[flip].flip(-1)
-    return x, y
+def random_dihedral(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (image, mask) pair turned by one of the 8 symmetries of the square (k x 90 degrees, then an optional
+    left-right flip), drawn uniformly; image and mask get the same one. A micrograph has no preferred
+    orientation, so these are free extra training images (square inputs keep their shape).
+    """
+    turns = torch.randint(0, 4, (len(x),), generator=gen)
+    flips = torch.rand(len(x), generator=gen) < 0.5
+    xs, ys = [], []
+    for xi, yi, k, f in zip(x, y, turns.tolist(), flips.tolist()):
+        xi, yi = torch.rot90(xi, k, dims=(-2, -1)), torch.rot90(yi, k, dims=(-2, -1))
+        xs.append(xi.flip(-1) if f else xi)
+        ys.append(yi.flip(-1) if f else yi)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _batches(n_items: int, batch_size: int, epochs: int | None, steps: int | None,
+             gen: torch.Generator) -> list[torch.Tensor]:
+    """Index batches: `epochs` passes over freshly shuffled items, or `steps` batches of min(batch_size,
+    n_items) items cut from a stream of shuffles (so few images still give full-length training)."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs and steps")
+    if steps is None:
+        orders = [torch.randperm(n_items, generator=gen) for _ in range(epochs)]
+        return [o[start : start + batch_size] for o in orders for start in range(0, n_items, batch_size)]
+    size = min(batch_size, n_items)
+    stream = torch.cat([torch.randperm(n_items, generator=gen) for _ in range(math.ceil(steps * size / n_items))])
+    return [stream[i * size : (i + 1) * size] for i in range(steps)]
 
 
 def train_segmenter(
@@ -48,7 +70,8 @@ def train_segmenter(
     images: np.ndarray,
     masks: np.ndarray,
     *,
-    epochs: int,
+    epochs: int | None = None,
+    steps: int | None = None,
     lr: float,
     batch_size: int,
     seed: int,
@@ -56,6 +79,9 @@ def train_segmenter(
     progress: bool = False,
 ) -> smp.Unet:
     """Train `model` in place with Adam on its trainable parameters and binary dice loss; returns it.
+
+    Length: `epochs` passes over the images, or a fixed number of optimiser `steps` whatever their number.
+    Every batch is augmented by `random_dihedral` (the 8 rotations/flips of the square).
 
     A frozen encoder (no parameter requiring grad, as `build_unet(freeze_encoder=True)` leaves it) is
     kept in eval mode so its BatchNorm statistics are not updated either. Shuffling and flips draw from
@@ -76,16 +102,14 @@ def train_segmenter(
     optimiser = torch.optim.Adam(params, lr=lr)
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="segment epochs", disable=not progress, leave=False):
-        set_train_mode(model, frozen)
-        order = torch.randperm(len(x_all), generator=gen)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x, y = _random_hflip(x_all[idx], y_all[idx], gen)
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x.to(device)), y.to(device))
-            loss.backward()
-            optimiser.step()
+    set_train_mode(model, frozen)
+    for idx in tqdm(_batches(len(x_all), batch_size, epochs, steps, gen), desc="segment steps",
+                    disable=not progress, leave=False):
+        x, y = random_dihedral(x_all[idx], y_all[idx], gen)
+        optimiser.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x.to(device)), y.to(device))
+        loss.backward()
+        optimiser.step()
     model.eval()
     return model
 

@@ -56,6 +56,8 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
     def load_artifacts(self, artifacts: dict[str, str]) -> None:
         config = _read_config(artifacts["config"])
         self.image_size = int(config["image_size"])
+        # Models logged before feature stages existed pooled the last stage alone.
+        self.stages = tuple(config.get("stages", ("layer4",)))
         self.encoder, _meta = load_encoder(artifacts["encoder"])
         self.encoder.eval()
         self.probe = load_probe(artifacts["probe"])
@@ -69,7 +71,7 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
         stack = np.zeros((len(images), self.image_size, self.image_size), dtype=np.float32)
         for k, image in enumerate(images):
             stack[k] = resize_for_model(image, self.image_size)
-        return extract_features(self.encoder, stack, batch_size=64, device=self.device)
+        return extract_features(self.encoder, stack, batch_size=64, device=self.device, stages=self.stages)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}

@@ -85,8 +85,10 @@ def _log(name: str, code_file: Path, artifacts: dict[str, str], model, params: d
 
 
 def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int, encoder_name: str,
-                   name: str = "classifier") -> ModelInfo:
-    """Log the classifier (encoder checkpoint + skops probe + config) as a pyfunc model; returns its ModelInfo."""
+                   name: str = "classifier", stages: tuple[str, ...] = ("layer4",)) -> ModelInfo:
+    """Log the classifier (encoder checkpoint + skops probe + config) as a pyfunc model; returns its ModelInfo.
+
+    `image_size` and `stages` say how the probe's features were extracted (`extract_features`)."""
     import skops.io
 
     with tempfile.TemporaryDirectory(prefix="nanomorph-classifier-") as tmp:
@@ -96,6 +98,7 @@ def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps({
             "classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
+            "stages": list(stages),
         }, indent=2))
         encoder_copy = workdir / "encoder.pt"
         shutil.copy2(encoder_path, encoder_copy)

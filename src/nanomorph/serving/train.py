@@ -21,14 +21,14 @@ def train_classifier(encoder: nn.Module, images: np.ndarray, labels: np.ndarray,
     return fit_linear_probe(features, np.asarray(labels).astype(str), C=C, max_iter=max_iter, seed=seed, tol=tol)
 
 
-def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray, *, arch: str, epochs: int,
-               lr: float, batch_size: int, freeze_encoder: bool, seed: int, device: str = "cpu",
-               progress: bool = False) -> smp.Unet:
+def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray, *, arch: str,
+               epochs: int | None, lr: float, batch_size: int, freeze_encoder: bool, seed: int, device: str = "cpu",
+               progress: bool = False, steps: int | None = None) -> smp.Unet:
     """U-Net with the transferred encoder trained with dice loss (the segment stage's recipe); on CPU, eval mode.
 
     `seed` drives the decoder initialisation, the shuffles and the flips.
     """
     model = seeded_unet(arch, encoder_state, freeze_encoder, init_seed=seed)
-    train_segmenter(model, images, masks, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                    progress=progress)
+    train_segmenter(model, images, masks, epochs=None if steps else epochs, steps=steps, lr=lr,
+                    batch_size=batch_size, seed=seed, device=device, progress=progress)
     return model.cpu().eval()

@@ -4,10 +4,16 @@
 2. The label-budget sweep: every linear probe (labels per class x split seeds x encoders) fitted together by
    the configured solver, plus the k-NN baseline on the same features -> metrics/probe_results.csv (tidy)
    and metrics/probe_summary.csv (median accuracy per n and method).
-3. Two-sided Mann-Whitney U between every pair of methods at every n -> metrics/probe_stats.csv.
+3. Paired two-sided Wilcoxon signed-rank tests over the shared split seeds between every pair of methods at
+   every n, Holm-corrected over the table -> metrics/probe_stats.csv; the headline family (every pretrained
+   encoder vs the classical and the random-init baseline at n <= 8) Holm-corrected on its own -> probe.json.
 4. Anchor study of one-shot probes (typicality, dispersed/network anchor density) -> metrics/probe_anchor.csv.
 5. Label-budget advisor vs random choice on held-out split seeds -> metrics/probe_advisor.csv.
 6. Figures -> figures/probe/; headline numbers -> metrics/probe.json; everything logged to MLflow.
+
+Encoders: pretrained ones from models/encoders/, `random` (random-init baseline of the same architecture) and
+`classical` (hand-crafted features, nanomorph.probe.classical), all at `probe.feature_size` px; learned features
+are the pooled `probe.feature_stages` of the ResNet.
 
 Encoder seeds: the pipeline pretrains one encoder per method (seed `pretrain.seed`); the random-init baseline
 uses the same seed. The tables carry `encoder_seed` so sweeps over several pretraining seeds concatenate.
@@ -39,7 +45,10 @@ from nanomorph.probe.anchors import anchor_study, summarise_anchors
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.cache import FeatureCache, image_set_fingerprint
 from nanomorph.probe.solvers import SOLVERS, SolverSettings, fit_predict
-from nanomorph.probe.stats import pairwise_mann_whitney
+from nanomorph.probe.splits import GivenSplit, SplitRule
+from nanomorph.probe.classical import NAME as CLASSICAL
+from nanomorph.probe.classical import classical_features
+from nanomorph.probe.stats import holm, pairwise_wilcoxon
 from nanomorph.probe.sweep import label_budget_runs, probe_sweep
 from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json
@@ -49,6 +58,8 @@ FIGURE_DIR = Path("figures/probe")
 # The advisor is evaluated on split seeds the sweep never uses (held out from anything tuned on the sweep).
 ADVISOR_SEED_OFFSET = 10_000
 SPARSE_CLASS, DENSE_CLASS = "dispersed", "network"
+BASELINES = ("random", CLASSICAL)   # what every pretrained encoder is compared with
+HEADLINE_MAX_N = 8                  # the few-label budgets of the headline tests
 
 
 def resolve_encoder(name: str, arch: str, seed: int) -> ResNetEncoder:
@@ -97,13 +108,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def tsne_figures(feature_sets: dict, labels: np.ndarray, cfg: Config, settings: SolverSettings) -> list[Path]:
+def tsne_figures(feature_sets: dict, labels: np.ndarray, cfg: Config, settings: SolverSettings,
+                 rule: SplitRule) -> list[Path]:
     """Per encoder: t-SNE of its features coloured by true class and by the class predicted by the linear
     probe trained at figure_n labels/class on split seed 0 (the sweep's own probe)."""
     pr = cfg.probe
     classes = np.unique(labels)
     codes = np.searchsorted(classes, labels)
-    (_seed, _n, fit_idx, _test), = label_budget_runs(labels, [pr.figure_n], [0], pr.test_fraction)
+    (_seed, _n, fit_idx, _test), = label_budget_runs(labels, [pr.figure_n], [0], rule)
     every = np.arange(len(labels))
     keys = list(feature_sets)
     predicted = fit_predict(feature_sets, codes, len(classes), [ProbeTask(k, fit_idx, every, 0) for k in keys],
@@ -119,6 +131,30 @@ def tsne_figures(feature_sets: dict, labels: np.ndarray, cfg: Config, settings: 
     return paths
 
 
+def headline_family(linear: pd.DataFrame, encoders: tuple[str, ...]) -> pd.DataFrame:
+    """Paired tests of every pretrained encoder against every baseline at n <= HEADLINE_MAX_N (linear probes),
+    with `p_holm_family`: Holm over exactly these tests."""
+    pretrained = [e for e in encoders if e not in BASELINES]
+    pairs = [(e, b) for e in pretrained for b in BASELINES if b in encoders]
+    few = linear[linear["n"] <= HEADLINE_MAX_N]
+    tests = pairwise_wilcoxon(few, pairs=pairs) if pairs and not few.empty else pd.DataFrame(
+        columns=["n", "method_a", "method_b", "median_difference", "p", "p_holm"])
+    tests["p_holm_family"] = holm(tests["p"].to_numpy()) if len(tests) else []
+    return tests
+
+
+def split_rule(rows: pd.DataFrame, test_fraction: float, manifest: str) -> SplitRule:
+    """The data's own split when the manifest gives one (train, val, test per row), else seeded splits."""
+    try:
+        given = GivenSplit.from_column(rows["split"].tolist() if "split" in rows else [None] * len(rows), manifest)
+    except ValueError as exc:
+        raise NanomorphError(str(exc)) from None
+    if given is not None:
+        print(f"{manifest}: using its own split ({len(given.train)} train, {len(given.validation)} validation, "
+              f"{len(given.test)} test images); split seeds vary only the labelled training subsets")
+    return SplitRule(test_fraction, given)
+
+
 def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
     pr, pt = cfg.probe, cfg.pretrain
     check_params(cfg)
@@ -127,9 +163,10 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         raise NanomorphError(f"{cfg.validate.manifest}: no usable nanowire images")
     labels = rows["label"].to_numpy(dtype=str)
     classes = tuple(np.unique(labels))
+    rule = split_rule(rows, pr.test_fraction, cfg.validate.manifest)
     settings = SolverSettings(solver=pr.solver, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, paper_lr=pr.paper_lr,
                               paper_batch_size=pr.paper_batch_size, paper_epochs=pr.paper_epochs)
-    load_images = functools.cache(lambda: load_image_stack([Path(p) for p in rows["path"]], pt.image_size))
+    load_images = functools.cache(lambda: load_image_stack([Path(p) for p in rows["path"]], pr.feature_size))
     cache = FeatureCache(FEATURE_DIR)
     image_set = image_set_fingerprint(rows["sha256"].astype(str).tolist())
     device = best_device()
@@ -142,10 +179,15 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         feature_sets: dict[tuple[str, int], np.ndarray] = {}
         entries = []
         for name in pr.encoders:
+            if name == CLASSICAL:
+                # Hand-crafted features cost seconds: computed every run, not cached.
+                feature_sets[(name, pt.seed)] = classical_features(load_images(), min_size=cfg.segment.object_min_size)
+                continue
             encoder = resolve_encoder(name, pt.arch, pt.seed)
             with torch.no_grad():
-                features, entry = cache.get_or_extract(name, pt.seed, encoder, pt.image_size, image_set, len(rows),
-                                                       load_images, device=device, progress=True)
+                features, entry = cache.get_or_extract(name, pt.seed, encoder, pr.feature_size, image_set, len(rows),
+                                                       load_images, device=device, progress=True,
+                                                       stages=pr.feature_stages)
             feature_sets[(name, pt.seed)] = features
             entries.append(entry)
         cache.write_index(entries)
@@ -154,7 +196,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
 
         started = time.perf_counter()
         sweep = probe_sweep(feature_sets, labels, pr.labels_per_class, list(range(pr.split_seeds)),
-                            pr.test_fraction, settings, knn_k=pr.knn_k, progress=True)
+                            rule, settings, knn_k=pr.knn_k, progress=True)
         sweep_seconds = time.perf_counter() - started
         results = sweep.table
         n_linear = int((results["classifier"] == "linear").sum())
@@ -165,18 +207,20 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         medians = results.groupby(["n", "encoder"])["accuracy"].median().unstack("encoder")
         medians[methods].reset_index().to_csv("metrics/probe_summary.csv", index=False)
 
-        stats = pairwise_mann_whitney(results)
+        linear = results[results["classifier"] == "linear"]
+        stats = pairwise_wilcoxon(results)
         stats.to_csv("metrics/probe_stats.csv", index=False)
+        headline_tests = headline_family(linear, pr.encoders)
 
         densities = wire_densities(rows, (SPARSE_CLASS, DENSE_CLASS))
-        anchors = anchor_study(feature_sets, labels, densities, list(range(pr.anchor_probes)), pr.test_fraction,
+        anchors = anchor_study(feature_sets, labels, densities, list(range(pr.anchor_probes)), rule,
                                settings, SPARSE_CLASS, DENSE_CLASS, progress=True)
         anchors.to_csv("metrics/probe_anchor.csv", index=False)
         anchor_summary = summarise_anchors(anchors)
 
         advisor_runs = evaluate_advisor(
             feature_sets, labels, pr.advisor_budgets,
-            list(range(ADVISOR_SEED_OFFSET, ADVISOR_SEED_OFFSET + pr.advisor_seeds)), pr.test_fraction, settings,
+            list(range(ADVISOR_SEED_OFFSET, ADVISOR_SEED_OFFSET + pr.advisor_seeds)), rule, settings,
             random_draws=pr.advisor_random_draws, progress=True)
         advisor = summarise_advisor(advisor_runs)
         advisor.to_csv("metrics/probe_advisor.csv", index=False)
@@ -184,9 +228,8 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         figures = [accuracy_boxplot(results, FIGURE_DIR / "accuracy_vs_labels.png")]
         confusions = {m: sweep.pooled_confusion(m, pr.figure_n, classes, labels) for m in methods}
         figures.append(confusion_grid(confusions, classes, pr.figure_n, FIGURE_DIR / f"confusion_n{pr.figure_n}.png"))
-        figures += tsne_figures(feature_sets, labels, cfg, settings)
+        figures += tsne_figures(feature_sets, labels, cfg, settings, rule)
 
-        linear = results[results["classifier"] == "linear"]
         per_n = {m: {f"n{int(n)}": float(a) for n, a in results[results["encoder"] == m].groupby("n")["accuracy"]
                      .median().items()} for m in methods}
         at_figure_n = stats[stats["n"] == pr.figure_n]
@@ -195,11 +238,18 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
             "median_accuracy": {m: per_n[m] for m in dict.fromkeys(linear["encoder"])},
             "baselines": {m: per_n[m] for m in methods if m not in set(linear["encoder"])},
             "solver": pr.solver,
+            "split": "given by the data (train/test as listed)" if rule.given is not None else
+                     f"seeded stratified {1 - pr.test_fraction:.0%}/{pr.test_fraction:.0%} per split seed",
             "probes": {"linear": n_linear, "knn": int(len(results) - n_linear)},
             "sweep_seconds": sweep_seconds,
             "feature_cache": {"reused": hits, "extracted": len(entries) - hits},
-            "mann_whitney": {f"n{pr.figure_n}": {f"{r.method_a}_vs_{r.method_b}": {"U": r.U, "p": r.p}
-                                                 for r in at_figure_n.itertuples()}},
+            "wilcoxon": {f"n{pr.figure_n}": {f"{r.method_a}_vs_{r.method_b}": {"W": r.W, "p": r.p,
+                                                                               "p_holm": r.p_holm}
+                                             for r in at_figure_n.itertuples()}},
+            # Every pretrained encoder vs each baseline at n <= 8, paired over split seeds, Holm over this family.
+            "headline_tests": [{"n": int(r.n), "method": r.method_a, "baseline": r.method_b,
+                                "median_difference": r.median_difference, "p": r.p, "p_holm": r.p_holm_family}
+                               for r in headline_tests.itertuples()],
             "anchors": {f"{r.encoder}": {"probes": r.probes, "inverted": r.inverted,
                                          "median_accuracy_inverted": r.median_accuracy_inverted,
                                          "median_accuracy_ordered": r.median_accuracy_ordered,

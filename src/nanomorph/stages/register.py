@@ -10,9 +10,14 @@ them and decide which version is the champion.
   linear probe fitted on its features of every training image.
 * Segmenter: U-Net with that encoder, trained on the training images' masks with the segment stage's recipe
   (lr, batch size, frozen encoder, epochs for the training-set size scaled by the profile).
+* Classical baselines, on the same split: the linear probe on the classical features (nanomorph.probe.classical)
+  fitted on the training part, and every classical segmenter (`segment.classical`) fitted on the training
+  masks; both scored on the evaluation images like the learned models (segmenters at the images' own size).
 * Promotion: each new version is scored through its logged pyfunc model on the evaluation set (accuracy;
   mean per-image dice at the images' own resolution), and so is the current champion, anew; the new version
-  gets alias `champion` if it beats the champion by more than `registry.margin`, else `challenger`.
+  gets alias `champion` only if it beats the best classical baseline (`registry.beat_classical`) AND the
+  champion by more than `registry.margin`, else `challenger`. The baselines' scores are in register.json either
+  way.
 Writes metrics/register.json (versions, aliases, scores, decision and why).
 """
 
@@ -33,23 +38,27 @@ from mlflow import MlflowClient
 from sklearn.model_selection import StratifiedKFold
 
 from nanomorph.config import Config
-from nanomorph.data.io import load_image_stack, load_mask_stack, read_mask
+from nanomorph.data.io import load_image_stack, load_mask_stack, read_image, read_mask
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
+from nanomorph.probe.classical import NAME as CLASSICAL
+from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
 from nanomorph.probe.linear import fit_linear_probe
-from nanomorph.probe.splits import stratified_split
+from nanomorph.probe.splits import GivenSplit, stratified_split
+from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.serving.package import log_classifier, log_segmenter
 from nanomorph.serving.train import train_unet
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json
-from nanomorph.stages.probe import resolve_encoder
+from nanomorph.stages.probe import resolve_encoder, split_rule
 from nanomorph.tracking.registry import (
-    CHAMPION, apply_decision, promotion_decision, register_version, registry_state, version_by_alias,
+    CHALLENGER, CHAMPION, Decision, apply_decision, promotion_decision, register_version, registry_state,
+    version_by_alias,
 )
 from nanomorph.tracking.runs import dvc_data_hash, git_commit
 
-BASELINE_ENCODER = "random"
+BASELINES = ("random", CLASSICAL)   # never deployed; the classical one is what a deployed model must beat
 
 
 def choose_encoder(features: dict[str, np.ndarray], labels: np.ndarray, *, folds: int, C: float, tol: float,
@@ -86,10 +95,15 @@ def sweep_reference(segment_metrics: dict[str, Any], encoder: str) -> dict[str, 
     return {"encoder": encoder, "train_images": n, "median_dice": float(per_n[f"n{n}"]["dice"])}
 
 
-def evaluation_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train_idx, eval_idx, eval_hash): the fixed stratified split; the hash names the evaluation images by
-    content (sha256 of their sorted file digests), so versions scored on different sets can be told apart."""
-    train_idx, eval_idx = stratified_split(rows["label"].to_numpy(dtype=str), fraction, seed)
+def evaluation_split(rows: pd.DataFrame, fraction: float, seed: int,
+                     given: GivenSplit | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train_idx, eval_idx, eval_hash): the data's own split when `given` (train and validation images train,
+    test images evaluate), else the fixed stratified split; the hash names the evaluation images by content
+    (sha256 of their sorted file digests), so versions scored on different sets can be told apart."""
+    if given is not None:
+        train_idx, eval_idx = np.sort(np.concatenate([given.train, given.validation])), given.test
+    else:
+        train_idx, eval_idx = stratified_split(rows["label"].to_numpy(dtype=str), fraction, seed)
     digest = hashlib.sha256("\n".join(sorted(rows["sha256"].iloc[eval_idx])).encode()).hexdigest()[:16]
     return train_idx, eval_idx, digest
 
@@ -108,6 +122,33 @@ def score_segmenter(model_uri: str, paths: list[str], mask_paths: list[str]) -> 
     return float(np.mean(dices))
 
 
+def classical_classifier_score(train_paths: list[str], train_labels: np.ndarray, eval_paths: list[str],
+                               eval_labels: np.ndarray, *, size: int, min_size: int, C: float, tol: float,
+                               max_iter: int, seed: int) -> dict[str, Any]:
+    """Accuracy on the evaluation images of the linear probe on classical features fitted on the training part."""
+    X_train = classical_features(load_image_stack([Path(p) for p in train_paths], size), min_size)
+    X_eval = classical_features(load_image_stack([Path(p) for p in eval_paths], size), min_size)
+    probe = fit_linear_probe(X_train, train_labels, C=C, max_iter=max_iter, seed=seed, tol=tol)
+    return {"method": CLASSICAL, "score": float((probe.predict(X_eval) == np.asarray(eval_labels, str)).mean())}
+
+
+def classical_segmenter_scores(methods: tuple[str, ...], train_images: np.ndarray, train_masks: np.ndarray,
+                               eval_paths: list[str], eval_mask_paths: list[str], min_size: int) -> dict[str, Any]:
+    """Mean per-image dice on the evaluation images (own resolution) of every classical segmenter fitted on the
+    training masks, and the best of them: the score a learned segmenter has to beat."""
+    if not methods:
+        return {}
+    images = [read_image(p) for p in eval_paths]
+    truths = [read_mask(p) for p in eval_mask_paths]
+    scores = {}
+    for method in methods:
+        segmenter = fit_classical(method, train_images, train_masks, min_size=min_size)
+        scores[method] = {"setting": segmenter.describe(), "score": float(np.mean(
+            [dice_iou(segmenter.predict(im), t)[0] for im, t in zip(images, truths)]))}
+    best = max(scores, key=lambda m: scores[m]["score"])
+    return {"method": best, "score": scores[best]["score"], "all": scores}
+
+
 def _version_tags(cfg: Config, metric: str, score: float, extra: dict[str, Any]) -> dict[str, Any]:
     root = Path.cwd()
     return {"git_commit": git_commit(root), "dvc_data_hash": dvc_data_hash(root), "params_hash": cfg.params_hash,
@@ -115,13 +156,19 @@ def _version_tags(cfg: Config, metric: str, score: float, extra: dict[str, Any])
 
 
 def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: str, model_uri: str,
-             score_fn, tags: dict[str, Any]) -> dict[str, Any]:
-    """Score the new model and the current champion, register the new version and give it its alias."""
+             score_fn, tags: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score the new model and the current champion, register the new version and give it its alias.
+
+    With a classical `baseline` ({method, score} on the same evaluation set), a version that does not beat it
+    is a challenger whatever the champion scores."""
     new_score = score_fn(model_uri)
     champion = version_by_alias(client, name, CHAMPION)
     champion_score = score_fn(f"models:/{name}/{champion.version}") if champion is not None else None
     decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
                                   cfg.registry.margin)
+    if baseline and new_score <= baseline["score"]:
+        decision = Decision(CHALLENGER, False, f"does not beat the classical baseline {baseline['method']}: "
+                                               f"{metric} {new_score:.4f} vs {baseline['score']:.4f}")
     if champion is not None and champion.tags.get("nanomorph.eval_split") != tags["nanomorph.eval_split"]:
         # Still decided on today's evaluation set, but the champion may have trained on part of it.
         decision = replace(decision, reason=decision.reason + (
@@ -140,6 +187,7 @@ def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: st
             "version": str(champion.version), "score": champion_score,
             "eval_split": champion.tags.get("nanomorph.eval_split")},
         "uri": f"models:/{name}@{decision.alias}",
+        "classical_baseline": baseline,
     }
 
 
@@ -151,7 +199,8 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
     rows = accepted(cfg.validate.manifest, "nanowire")
     if rows.empty:
         raise NanomorphError(f"{cfg.validate.manifest}: no usable nanowire images")
-    train_idx, eval_idx, eval_hash = evaluation_split(rows, rg.eval_fraction, rg.eval_seed)
+    given = split_rule(rows, rg.eval_fraction, cfg.validate.manifest).given
+    train_idx, eval_idx, eval_hash = evaluation_split(rows, rg.eval_fraction, rg.eval_seed, given)
     train_rows, eval_rows = rows.iloc[train_idx], rows.iloc[eval_idx]
     seg_train = train_rows[train_rows["mask_path"].notna()]
     seg_eval = eval_rows[eval_rows["mask_path"].notna()]
@@ -159,9 +208,10 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         raise NanomorphError("the fixed split leaves no masked images to train or evaluate the segmenter on")
     device = best_device()
     train_labels = train_rows["label"].to_numpy(dtype=str)
-    images = load_image_stack([Path(p) for p in train_rows["path"]], pt.image_size)
-    encoders = {name: resolve_encoder(name, pt.arch, pt.seed) for name in pr.encoders if name != BASELINE_ENCODER}
-    features = {name: extract_features(model, images, batch_size=64, device=device) for name, model in encoders.items()}
+    images = load_image_stack([Path(p) for p in train_rows["path"]], pr.feature_size)
+    encoders = {name: resolve_encoder(name, pt.arch, pt.seed) for name in pr.encoders if name not in BASELINES}
+    features = {name: extract_features(model, images, batch_size=64, device=device, stages=pr.feature_stages)
+                for name, model in encoders.items()}
     choice = choose_encoder(features, train_labels, folds=rg.cv_folds, C=pr.C, tol=pr.tol, max_iter=pr.max_iter,
                             seed=rg.seed)
     encoder_name = choice["encoder"]
@@ -174,18 +224,25 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         mlflow.log_params({"encoder": encoder_name, "arch": pt.arch, "probe.C": pr.C, "probe.tol": pr.tol,
                            "probe.max_iter": pr.max_iter,
                            "segment.lr": sg.lr, "segment.epochs": sg.epochs_for(len(seg_train)),
+                           "segment.steps": sg.steps, "probe.feature_size": pr.feature_size,
+                           "probe.feature_stages": ",".join(pr.feature_stages),
                            "train_images": len(train_rows), "eval_images": len(eval_rows), "eval_split": eval_hash})
         client = MlflowClient()
 
         # The deployed probe: fitted on the chosen encoder's features of every training image.
         probe = fit_linear_probe(features[encoder_name], train_labels, C=pr.C, max_iter=pr.max_iter, seed=rg.seed,
                                  tol=pr.tol)
-        classifier_info = log_classifier(encoder_path, probe, image_size=pt.image_size, encoder_name=encoder_name)
+        classifier_info = log_classifier(encoder_path, probe, image_size=pr.feature_size, encoder_name=encoder_name,
+                                         stages=pr.feature_stages)
         eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
+        classical_classifier = classical_classifier_score(
+            train_rows["path"].tolist(), train_labels, eval_paths, eval_labels, size=pr.feature_size,
+            min_size=sg.object_min_size, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, seed=rg.seed)
         classifier = _promote(
             cfg, client, "classifier", rg.classifier, "accuracy", classifier_info.model_uri,
             lambda uri: score_classifier(uri, eval_paths, eval_labels),
             {**common_tags, "train.images": len(train_rows), "probe.C": pr.C},
+            baseline=classical_classifier if rg.beat_classical else None,
         )
         classifier.update(train_images=len(train_rows), eval_images=len(eval_rows))
 
@@ -194,20 +251,24 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         seg_masks = load_mask_stack([Path(p) for p in seg_train["mask_path"]], sg.image_size)
         unet = train_unet(encoder.resnet_state_dict(), seg_images, seg_masks, arch=pt.arch, epochs=epochs, lr=sg.lr,
                           batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, seed=rg.seed, device=device,
-                          progress=True)
+                          progress=True, steps=sg.steps)
         segmenter_info = log_segmenter(unet, arch=pt.arch, image_size=sg.image_size, encoder_name=encoder_name,
                                        object_min_size=sg.object_min_size)
         seg_eval_paths, seg_eval_masks = seg_eval["path"].tolist(), seg_eval["mask_path"].tolist()
+        classical_segmenter = classical_segmenter_scores(sg.classical, seg_images, seg_masks, seg_eval_paths,
+                                                         seg_eval_masks, sg.object_min_size)
         segmenter = _promote(
             cfg, client, "segmenter", rg.segmenter, "dice", segmenter_info.model_uri,
             lambda uri: score_segmenter(uri, seg_eval_paths, seg_eval_masks),
             {**common_tags, "train.images": len(seg_train), "train.epochs": epochs, "segment.lr": sg.lr},
+            baseline=(classical_segmenter or None) if rg.beat_classical else None,
         )
         segmenter.update(train_images=len(seg_train), eval_images=len(seg_eval), epochs=epochs,
                          sweep_reference=sweep_reference(json.loads(segment_path.read_text()), encoder_name))
 
         report = {
             "encoder_choice": choice,
+            "classical_baselines": {"classifier": classical_classifier, "segmenter": classical_segmenter},
             "eval_split": {"fraction": rg.eval_fraction, "seed": rg.eval_seed, "hash": eval_hash},
             "classifier": classifier,
             "segmenter": segmenter,

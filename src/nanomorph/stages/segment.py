@@ -8,6 +8,12 @@ from PREDICTED masks against the labels and the true masks, and per-object stati
 are compared at the sweep's `image_size`, the resolution the model was trained and evaluated at. The test
 images play no part in the choice, so these numbers are an honest estimate for the chosen model.
 
+Classical segmenters (`segment.classical`: global Otsu and a local threshold, nanomorph.segment.classical) are
+fitted on the same training images of every run and scored on the same images; `headline_tests` in
+metrics/segment.json compares every learned segmenter with them and with random-init (paired Wilcoxon over test
+images, Holm), and the downstream readings of the validation-chosen classical segmenter stand beside the
+learned one's under `classical_downstream`.
+
 Outputs: test rows in metrics/segment_results.csv (the study's numbers), validation rows in
 metrics/segment_validation.csv (only for the choice).
 """
@@ -26,12 +32,13 @@ from nanomorph.config import Config
 from nanomorph.data.io import load_image_stack, load_mask_stack
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
+from nanomorph.probe.stats import pairwise_wilcoxon
 from nanomorph.report.figures import grouped_boxplot
 from nanomorph.segment.figures import overlay_figure
 from nanomorph.segment.morphology import morphology_agreement, morphology_table
 from nanomorph.segment.sweep import SweepRun, segmentation_sweep
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json
-from nanomorph.stages.probe import resolve_encoder
+from nanomorph.stages.probe import resolve_encoder, split_rule
 
 FIGURE_DIR = Path("figures/segment")
 MORPHOLOGY_CSV = Path("metrics/segment_morphology.csv")
@@ -60,6 +67,18 @@ def best_encoder(validation: pd.DataFrame, encoders: tuple[str, ...]) -> tuple[s
     n_max = int(validation["n"].max())
     medians = validation[validation["n"] == n_max].groupby("encoder")["dice"].median()
     return max((name for name in encoders if name in medians), key=lambda name: medians[name]), n_max
+
+
+def headline_tests(results: pd.DataFrame, learned: tuple[str, ...], classical: tuple[str, ...]) -> list[dict]:
+    """Every learned segmenter vs every classical one and vs `random` at every n: paired Wilcoxon over the
+    shared test images (per-image dice averaged over seeds), Holm-corrected over this family."""
+    baselines = [*classical, *(["random"] if "random" in learned else [])]
+    pairs = [(m, b) for m in learned if m != "random" for b in baselines]
+    if not pairs:
+        return []
+    tests = pairwise_wilcoxon(results, value="dice", unit="image_index", pairs=pairs)
+    return [{"n": int(r.n), "method": r.method_a, "baseline": r.method_b, "median_difference": r.median_difference,
+             "p": r.p, "p_holm": r.p_holm} for r in tests.itertuples()]
 
 
 def median_example(scores: pd.DataFrame) -> int:
@@ -112,15 +131,17 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
     images = load_image_stack([Path(p) for p in rows["path"]], sg.image_size)
     masks = load_mask_stack([Path(p) for p in rows["mask_path"]], sg.image_size)
     labels = rows["label"].to_numpy(dtype=str)
+    rule = split_rule(rows, sg.test_fraction, cfg.validate.manifest)
     states = {name: resolve_encoder(name, pt.arch, pt.seed).resnet_state_dict() for name in sg.encoders}
     kept = LargestRunPredictions(seed=sg.seed)
     with tracked(cfg, "segment", ("segment",)):
         mlflow.log_params({"arch": pt.arch, "n_images": len(images)})
         scored = segmentation_sweep(
             images, masks, states, arch=pt.arch, train_sizes=sg.train_sizes, epochs_for=sg.epochs_for,
-            seeds=[sg.seed + k for k in range(sg.seeds)], test_fraction=sg.test_fraction, lr=sg.lr,
+            seeds=[sg.seed + k for k in range(sg.seeds)], test_fraction=rule, lr=sg.lr,
             batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, validation_fraction=sg.validation_fraction,
-            strata=labels, device=best_device(), on_run=kept,
+            strata=labels, device=best_device(), on_run=kept, classical=sg.classical,
+            object_min_size=sg.object_min_size, steps=sg.steps,
         )
         scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
         validation = scored[scored["split"] == "validation"]
@@ -130,11 +151,13 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
         grouped = results.groupby(["n", "encoder"])
         summary = grouped["dice"].median().unstack("encoder").reset_index()
         summary.to_csv("metrics/segment_summary.csv", index=False)
+        methods = (*sg.encoders, *sg.classical)
         metrics = {
             name: {f"n{int(n)}": {"dice": float(g["dice"].median()), "iou": float(g["iou"].median())}
                    for n, g in results[results["encoder"] == name].groupby("n")}
-            for name in sg.encoders
+            for name in methods
         }
+        tests = headline_tests(results, sg.encoders, sg.classical)
         for name, per_n in metrics.items():
             for n, values in per_n.items():
                 mlflow.log_metrics({f"{name}.{k}.{n}": v for k, v in values.items()})
@@ -151,10 +174,18 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
         morphology.insert(0, "image", rows["path"].to_numpy()[test_idx])
         morphology.to_csv(MORPHOLOGY_CSV, index=False)
         downstream = morphology_agreement(morphology)
+        classical_downstream = {}
+        if sg.classical:
+            # The same downstream reading of the classical segmenter chosen the same way (validation dice).
+            method, _ = best_encoder(validation, sg.classical)
+            _n, c_idx, c_pred = kept.runs[method]
+            c_table = morphology_table(c_pred, masks[c_idx], labels[c_idx], min_size=sg.object_min_size)
+            classical_downstream = {"method": method, **morphology_agreement(c_table)}
         figures = write_figures(results, best, images, masks, pred, test_idx, labels, cfg.data.classes)
 
         write_json("metrics/segment.json", {"median": metrics, "best": best, "image_size": sg.image_size,
-                                            **downstream})
+                                            "classical": list(sg.classical), "headline_tests": tests,
+                                            **downstream, "classical_downstream": classical_downstream})
         mlflow.log_params({"best_encoder": encoder, "best_n": n_best})
         mlflow.log_metrics(_flat_metrics("downstream.", downstream))
         mlflow.log_artifact("metrics/segment_results.csv")
