@@ -12,8 +12,13 @@ Encoders (ResNet, frozen inside the U-Net, as in the pipeline's segment stage):
   synthetic_bt    the pipeline's Barlow Twins encoder pretrained on synthetic nanowire images
                   (models/encoders/barlow_twins.pt), when that file exists with the same architecture.
 
+Classical baselines (--classical, default otsu and local): nanomorph.segment.classical fitted (polarity, window)
+on the same training images of every run and scored on the same test images; `paired_tests_vs_classical` holds
+the paired Wilcoxon test (over test images, Holm over the listed pairs) of every learned segmenter against each.
+
 Few-shot sweep: nested seeded subsets of the training split, n in --sizes (sizes above the split are skipped);
-epochs = the paper's epochs for n (params.yaml segment.epochs) x --epoch-scale, at least 1. The validation
+--steps optimiser steps per run whatever n (default 200, D4-augmented batches as in the segment stage), or with
+--steps 0 the paper's epochs for n (params.yaml segment.epochs) x --epoch-scale, at least 1. The validation
 split picks each model's probability threshold (grid 0.1..0.9, best median validation dice); dice/IoU are
 then measured on every test image. Nothing is chosen on test images. The defaults are CPU-sized, to finish
 in about 25 minutes on 2 SHARED cores: images resized to 96 x 96 (--resolution), --epoch-scale 0.1 (2-12
@@ -47,6 +52,8 @@ from nanomorph.data.io import load_image_stack
 from nanomorph.models.encoder import load_encoder, random_encoder
 from nanomorph.probe.splits import nested_subsets
 from nanomorph.segment.datasets import IMAGE_SUFFIXES, emps_pairs, folder_pairs, load_pairs, split_three_ways
+from nanomorph.probe.stats import pairwise_wilcoxon
+from nanomorph.segment.classical import CLASSICAL_SEGMENTERS, fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.sweep import seeded_unet
 from nanomorph.segment.train import predict_probabilities, train_segmenter
@@ -144,23 +151,33 @@ def run_sweep(args, sg, images, masks, split, states) -> pd.DataFrame:
         for w in caught:
             log(f"note: {w.message}")
         for n, fit_idx in subsets.items():
-            epochs = sg.epochs_for(n)
+            epochs = None if args.steps else sg.epochs_for(n)
+            for name in args.classical:
+                # Fitted (polarity, window) on the same training images; no threshold to choose on validation.
+                segmenter = fit_classical(name, images[fit_idx], masks[fit_idx], min_size=sg.object_min_size)
+                for i, pred in zip(test_idx, segmenter.predict(images[test_idx])):
+                    dice, iou = dice_iou(pred, masks[i])
+                    rows.append({"encoder": name, "seed": seed, "n": n, "epochs": 0, "threshold": float("nan"),
+                                 "image_index": int(i), "dice": dice, "iou": iou, "dice_at_0.5": dice,
+                                 "iou_at_0.5": iou, "setting": segmenter.describe()})
+                log(f"seed {seed} n={n:>3} {name:>18}: {segmenter.describe()}, median test dice "
+                    f"{pd.DataFrame(rows[-len(test_idx):])['dice'].median():.3f}")
             for name, state in states.items():
                 started = time.perf_counter()
                 model = seeded_unet(args.arch, state, True, init_seed=seed)
-                train_segmenter(model, images[fit_idx], masks[fit_idx], epochs=epochs, lr=args.lr,
-                                batch_size=args.batch_size, seed=seed)
+                train_segmenter(model, images[fit_idx], masks[fit_idx], epochs=epochs, steps=args.steps or None,
+                                lr=args.lr, batch_size=args.batch_size, seed=seed)
                 threshold = best_threshold(predict_probabilities(model, images[val_idx], 16), masks[val_idx]) \
                     if len(val_idx) else 0.5
                 prob = predict_probabilities(model, images[test_idx], 16)
                 for i, p in zip(test_idx, prob):
                     dice, iou = dice_iou(p > threshold, masks[i])
                     dice_half, iou_half = dice_iou(p > 0.5, masks[i])
-                    rows.append({"encoder": name, "seed": seed, "n": n, "epochs": epochs, "threshold": threshold,
+                    rows.append({"encoder": name, "seed": seed, "n": n, "epochs": epochs or 0, "threshold": threshold,
                                  "image_index": int(i), "dice": dice, "iou": iou, "dice_at_0.5": dice_half,
                                  "iou_at_0.5": iou_half})
                 done = pd.DataFrame(rows[-len(test_idx):])
-                log(f"seed {seed} n={n:>3} {name:>18}: {epochs:>3} epochs, threshold {threshold:.1f}, median test "
+                log(f"seed {seed} n={n:>3} {name:>18}: {epochs or args.steps} {'epochs' if epochs else 'steps'}, threshold {threshold:.1f}, median test "
                     f"dice {done['dice'].median():.3f}, iou {done['iou'].median():.3f} "
                     f"({time.perf_counter() - started:.0f} s)")
     return pd.DataFrame(rows)
@@ -182,6 +199,7 @@ def summary_table(results: pd.DataFrame) -> dict:
             "dice_median_at_0.5": float(g["dice_at_0.5"].median()),
             "iou_median_at_0.5": float(g["iou_at_0.5"].median()),
             "threshold": float(g["threshold"].median()), "epochs": int(g["epochs"].iloc[0]),
+            **({"setting": str(g["setting"].mode().iloc[0])} if "setting" in g and g["setting"].notna().any() else {}),
             "test_images": int(g["image_index"].nunique()),
         }
     return table
@@ -216,6 +234,10 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 80])
     parser.add_argument("--epoch-scale", type=float, default=0.1, help="x the paper's epochs per size")
+    parser.add_argument("--steps", type=int, default=200,
+                        help="fixed optimiser steps per run whatever n (0: the paper's epochs x --epoch-scale)")
+    parser.add_argument("--classical", nargs="*", default=list(CLASSICAL_SEGMENTERS), choices=CLASSICAL_SEGMENTERS,
+                        help="classical baselines fitted on the same training images")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -241,6 +263,9 @@ def main() -> None:
         log(f"skipping encoder {name}: {reason}")
     results = run_sweep(args, sg, images, masks, split, states)
     table = summary_table(results)
+    # Every learned segmenter vs every classical one, paired over the test images (dice averaged over seeds).
+    pairs = [(m, c) for m in states for c in args.classical]
+    tests = pairwise_wilcoxon(results, value="dice", unit="image_index", pairs=pairs) if pairs else pd.DataFrame()
 
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     params["sizes"] = list(args.sizes)
@@ -253,6 +278,7 @@ def main() -> None:
         "encoders": encoder_info,
         "skipped_encoders": skipped,
         "table": table,
+        "paired_tests_vs_classical": tests.to_dict(orient="records"),
         "seconds": time.perf_counter() - started,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),

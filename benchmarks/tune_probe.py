@@ -34,7 +34,7 @@ from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack
 from nanomorph.data.layout import find_images, find_nanowire_dataset
 from nanomorph.data.synthetic import write_generic_em_dataset, write_nanowire_dataset
-from nanomorph.models.encoder import random_encoder
+from nanomorph.models.encoder import random_encoder, save_encoder
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
 from nanomorph.probe.solvers import SolverSettings
@@ -59,7 +59,7 @@ def pretrained(images: np.ndarray, cfg, method: str, seed: int):
     return result.encoder
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--data-seed", type=int, default=1)
@@ -68,9 +68,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--methods", nargs="+", default=["simclr", "barlow_twins"])
     parser.add_argument("--pools", nargs="+", default=list(POOLS), choices=POOLS)
+    parser.add_argument("--save-encoders", type=Path, default=None, metavar="DIR",
+                        help="also save each pretrained encoder as DIR/<method>[<pool>].pt (e.g. for tune_segment)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tune_probe.json"))
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
-    if args.data_seed == 0:
+    if args.data_seed == load_config("params.yaml", args.profile).data.seed:
         parser.error("--data-seed 0 is the reported data; tune on another generator seed")
     cfg = load_config("params.yaml", args.profile)
     d, p, pr = cfg.data, cfg.pretrain, cfg.probe
@@ -98,7 +105,11 @@ def main() -> None:
         for pool in args.pools:
             images = generic if pool == "generic" else np.concatenate([generic, task_source])
             t0 = time.perf_counter()
-            encoders[f"{method}[{pool}]"] = pretrained(images, cfg, method, p.seed)
+            name = f"{method}[{pool}]"
+            encoders[name] = pretrained(images, cfg, method, p.seed)
+            if args.save_encoders is not None:
+                save_encoder(args.save_encoders / f"{name}.pt", encoders[name], {"method": method, "pool": pool,
+                                                                              "data_seed": args.data_seed})
             print(f"pretrained {method} on {pool} ({len(images)} images) in {time.perf_counter() - t0:.0f} s",
                   flush=True)
     with torch.no_grad():

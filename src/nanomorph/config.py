@@ -130,6 +130,7 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class PretrainConfig:
     methods: tuple[str, ...]
+    task_images: bool          # also pretrain on the task's own (unlabelled) nanowire images
     seed: int
     temperature: float
     lambd: float

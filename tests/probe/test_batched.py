@@ -141,3 +141,20 @@ def test_method_choice_and_errors():
     with pytest.raises(ValueError, match="C must be"):
         fit_softmax_batched(X, torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool),
                             torch.ones(1, 2, dtype=torch.bool), C=0.0)
+
+
+def test_feature_sets_of_different_widths_are_solved_in_task_order():
+    """A 3-wide and a 7-wide feature set in one call give what each gives alone, in the tasks' order."""
+    from nanomorph.probe.batched import ProbeTask, solve_probes
+
+    rng = np.random.default_rng(5)
+    codes = np.repeat([0, 1, 2], 10)
+    sets = {"narrow": rng.normal(size=(30, 3)) + codes[:, None], "wide": rng.normal(size=(30, 7)) + codes[:, None]}
+    fit, held = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    tasks = [ProbeTask("wide", fit, held, 0), ProbeTask("narrow", fit, held, 0), ProbeTask("wide", fit[:9], held, 1)]
+    both = solve_probes(sets, codes, 3, tasks, keep_coef=True)
+    for k, task in enumerate(tasks):
+        alone = solve_probes(sets, codes, 3, [task], keep_coef=True)
+        np.testing.assert_array_equal(both.predictions[k], alone.predictions[0])
+        np.testing.assert_allclose(both.coef[k], alone.coef[0], atol=1e-10)
+    assert both.coef[1].shape[0] == 3 and both.coef[0].shape[0] == 7

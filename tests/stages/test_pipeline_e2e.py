@@ -77,8 +77,15 @@ def test_repro_runs_every_stage_then_is_a_noop(project):
                 "models/encoders/simclr.pt", "models/encoders/barlow_twins.pt", "data/validated/manifest.csv"):
         assert (work / out).is_file(), out
     headline = json.loads((work / "reports/metrics.json").read_text())
-    assert set(headline["probe"]["median_accuracy"]) == {"simclr", "barlow_twins", "random"}
+    # Every learned method beside its random-init and classical baselines, in the headline and the report.
+    assert set(headline["probe"]["median_accuracy"]) == {"simclr", "barlow_twins", "random", "classical"}
+    assert set(headline["segment"]["median_dice"]) == {"simclr", "barlow_twins", "random", "otsu", "local"}
     assert all(0.0 <= v <= 1.0 for v in headline["segment"]["median_dice"].values())
+    report = (work / "reports/report.md").read_text()
+    assert report.index("## Headline") < report.index("## Few-shot classification") < report.index("## Data validation")
+    register = json.loads((work / "metrics/register.json").read_text())
+    for kind in ("classifier", "segmenter"):
+        assert register[kind]["classical_baseline"]["score"] >= 0.0
 
     second = _run([sys.executable, "-m", "dvc", "repro"], work, env)
     assert _ran_stages(second.stdout) == set()

@@ -410,15 +410,43 @@ def solve_probes(feature_sets: Mapping[object, np.ndarray], codes: np.ndarray, n
     solver runs thousands of small tensor operations, for which OpenMP's fork/join per operation costs more
     than it gains, and on a busy machine a thread waiting for a descheduled partner stalls every operation
     (the same sweep chunk took 6 s on one thread and 25 s on two on our shared 2-core machine).
+
+    Feature sets of different widths (e.g. classical features beside a ResNet's) are solved in one group per
+    shape; results come back in task order either way.
     """
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _solve(feature_sets, codes, n_classes, tasks, C, tol, max_iter, history, method, max_elements,
-                      max_padding, keep_coef, progress, desc)
+        groups: dict[tuple, list[int]] = {}
+        for i, task in enumerate(tasks):
+            if task.features not in feature_sets:
+                raise KeyError(f"no feature set {task.features!r}")
+            groups.setdefault(np.shape(feature_sets[task.features]), []).append(i)
+        if len(groups) <= 1:
+            return _solve(feature_sets, codes, n_classes, tasks, C, tol, max_iter, history, method, max_elements,
+                          max_padding, keep_coef, progress, desc)
+        parts = [(members, _solve(feature_sets, codes, n_classes, [tasks[i] for i in members], C, tol, max_iter,
+                                  history, method, max_elements, max_padding, keep_coef, progress, desc))
+                 for members in groups.values()]
+        return _merge(parts, len(tasks), keep_coef)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _merge(parts: list[tuple[list[int], BatchedResult]], n_tasks: int, keep_coef: bool) -> BatchedResult:
+    """One BatchedResult in task order from the results of groups of tasks (`members`: their task positions)."""
+    predictions: list = [None] * n_tasks
+    coef: list = [None] * n_tasks if keep_coef else []
+    intercept: list = [None] * n_tasks if keep_coef else []
+    n_iter, converged, grad_norm = np.zeros(n_tasks, int), np.zeros(n_tasks, bool), np.zeros(n_tasks)
+    for members, result in parts:
+        for j, i in enumerate(members):
+            predictions[i] = result.predictions[j]
+            if keep_coef:
+                coef[i], intercept[i] = result.coef[j], result.intercept[j]
+        n_iter[members], converged[members], grad_norm[members] = result.n_iter, result.converged, result.grad_norm
+    return BatchedResult(predictions, n_iter, converged, grad_norm, coef, intercept)
 
 
 def _solve(feature_sets, codes, n_classes, tasks, C, tol, max_iter, history, method, max_elements, max_padding,
