@@ -61,7 +61,8 @@ def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
     tsne = _png(tmp_path / "figures/probe/tsne_simclr.png", (10, 200, 10))
     overlay = _png(tmp_path / "figures/segment/examples/overlay_network-000.png", (200, 10, 10))
     out = tmp_path / "reports"
-    paths = write_report(metrics, out, "micro", 8, (tmp_path / "figures/probe", tmp_path / "figures/segment"))
+    paths = write_report(metrics, out, "micro", 8, (tmp_path / "figures/probe", tmp_path / "figures/segment"),
+                         benchmarks=tmp_path / "benchmarks")
 
     page = paths["html"].read_text()
     sources = re.findall(r'<img alt="[^"]*" src="([^"]+)"', page)
@@ -91,7 +92,8 @@ def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
 
 def test_missing_inputs_are_named_in_the_report(tmp_path):
     metrics = _metrics(tmp_path, with_optional=False)
-    paths = write_report(metrics, tmp_path / "reports", "micro", 8, (tmp_path / "none1", tmp_path / "none2"))
+    paths = write_report(metrics, tmp_path / "reports", "micro", 8, (tmp_path / "none1", tmp_path / "none2"),
+                         benchmarks=tmp_path / "benchmarks")
     page = paths["html"].read_text()
     for text in ("metrics/validate.json is missing", "metrics/analyse.json is missing",
                  "metrics/morphology.csv is missing", "metrics/register.json is missing",
@@ -153,7 +155,7 @@ def test_headline_puts_learned_beside_classical_random_and_the_paper(tmp_path):
     (metrics / "analyse.json").write_text(json.dumps({"percolation_agreement_true_masks": 1.0,
                                                       "generator_self_check": True}))
     paths = write_report(metrics, tmp_path / "reports", "micro", 8,
-                         (tmp_path / "figures/probe", tmp_path / "figures/segment"))
+                         (tmp_path / "figures/probe", tmp_path / "figures/segment"), benchmarks=tmp_path / "benchmarks")
     page = paths["markdown"].read_text()
     headline = page[page.index("## Headline"):page.index("## Few-shot classification")]
     assert "synthetic" in headline and "random-init" in headline and "classical" in headline

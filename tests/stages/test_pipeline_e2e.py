@@ -43,6 +43,8 @@ def project(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
         shutil.copy2(PROJECT_ROOT / name, work / name)
     shutil.copytree(PROJECT_ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # The report shows the generator-realism figure and the real-data benchmark from benchmarks/results.
+    shutil.copytree(PROJECT_ROOT / "benchmarks" / "results", work / "benchmarks" / "results")
     for sub in ("data", "models"):
         (work / sub).mkdir()
         shutil.copy2(PROJECT_ROOT / sub / ".gitignore", work / sub / ".gitignore")

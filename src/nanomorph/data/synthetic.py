@@ -6,6 +6,30 @@
   paper's rule (`nanomorph.analysis.percolation.percolates`), no other image does.
 * Generic EM textures (membranes, vesicles, granules, organelles) standing in for CEM500K in pretraining.
 
+Calibration on the paper's four real panels (../shared/data/lu2022-figure, Fig. 2B; one per class, CC0), by
+realism alone (never by how a method scores): `benchmarks/generator_realism.py` measures the statistics of
+nanomorph.data.realism.image_statistics on the panels (less the quarter holding the figure's pasted label) and on
+25 generated images per class at 256 px (the panels' pixel count for the field of view), generator seed 7.
+Real / generated median after calibration (benchmarks/results/generator_realism.json):
+
+| class | high-pass noise | grain lag-1 correlation | contrast-to-noise | illumination |
+|---|---|---|---|---|
+| bundle | 0.050 / 0.068 | 0.74 / 0.40 | 16.9 / 11.4 | 0.22 / 0.19 |
+| dispersed | 0.156 / 0.140 | 0.21 / 0.36 | 3.4 / 4.2 | 0.085 / 0.093 |
+| network | 0.190 / 0.132 | 0.22 / 0.42 | 2.6 / 4.9 | 0.041 / 0.080 |
+| singular | 0.124 / 0.123 | 0.26 / 0.33 | 2.8 / 4.9 | 0.031 / 0.070 |
+
+Before calibration the thin-wire classes had contrast-to-noise ~5-6 at 128 px (crisp dark lines), bundles were
+bundles of separate thin lines, wires nearly straight (total turn <= 0.8 rad) and of constant width, no scale
+bar. What changed: low thin-wire contrast (CONTRAST_THIN), stronger and finer grain (GRAIN_*), less blur,
+lower dose; wires turn by up to CURL radians and vary in width along their length (WIDTH_SPREAD); a bundle is
+one thick fused fibre with a cylinder-like thickness profile and streaky texture (CONTRAST_THICK); singular
+wires are twice as wide (the panel's higher magnification); a burned-in scale bar in a bottom corner, outside
+the mask. Still off: the real grain is whiter (lag-1 ~0.2 vs ~0.35), the network panel is denser and curlier,
+the real bundle panel is smoother and higher-dose than ours. The classical baseline on this data, as a
+record (not a target): global Otsu median dice 0.76 before, 0.40 after; local Sauvola threshold 0.80 before,
+0.68 after (100 images of seed 7 at 64 px, fitted on one image per class).
+
 All geometry is drawn in units of the image side, with widths scaled from a 128 px reference, so an image
 at another size shows the same field of view at another resolution. Every image is a pure function of its
 numpy Generator; the dataset writers seed one Generator per image from (seed, class, index).
@@ -30,8 +54,22 @@ from nanomorph.analysis.percolation import percolates
 CLASSES = ("bundle", "dispersed", "network", "singular")
 
 REFERENCE_SIZE = 128  # px; wire widths and blur radii are specified at this size and scaled with it
+# Imaging, calibrated on the real panels (module docstring): wire contrast (1 - transmission) of thin wires and
+# of fused bundles, the grain's correlation length (px at 128) and strength, defocus blur (px at 128), the
+# electron dose (counts per pixel at intensity 1), and the width (px at 128) above which a wire is a bundle.
+CONTRAST_THIN = (0.12, 0.3)
+CONTRAST_THICK = (0.6, 0.85)
+GRAIN_SIGMA = (0.4, 0.7)
+GRAIN_STRENGTH = (0.05, 0.11)
+BLUR_SIGMA = (0.25, 0.6)
+DOSE = (80.0, 600.0)
+THICK_WIRE = 8.0
 MIN_WIRE_WIDTH = 1.2  # px; narrower bands rasterise into broken dotted lines
 MAX_LAYOUT_ATTEMPTS = 60
+# Calibrated on the paper's four real panels (module docstring, nanomorph.data.realism): relative std of a
+# wire's width along its length, and the total turn (radians) of curly thin wires.
+WIDTH_SPREAD = 0.25
+CURL = 2.2
 # Distinct first words of the SeedSequence entropy keep the two generators' random streams apart.
 _NANOWIRE_STREAM = 0
 _GENERIC_STREAM = 1
@@ -71,14 +109,15 @@ def parallel_curve(points: np.ndarray, offset: float | np.ndarray) -> np.ndarray
     return points + curve_normals(points) * np.reshape(offset, (-1, 1))
 
 
-def rasterise_wire(points: np.ndarray, width: float, shape: tuple[int, int], piece: int = 8) -> np.ndarray:
-    """Pixels whose centres fall inside the band of `width` px around the centreline (clipped to `shape`).
+def rasterise_wire(points: np.ndarray, width: float | np.ndarray, shape: tuple[int, int], piece: int = 8) -> np.ndarray:
+    """Pixels whose centres fall inside the band of `width` px (a scalar, or one width per centreline sample)
+    around the centreline (clipped to `shape`).
 
     The band is filled as a chain of short quadrilateral strips of `piece` segments, overlapping by one
     segment so no seam is left: skimage's polygon fill tests every pixel of the polygon's bounding box, and
     the boxes of short pieces of a long diagonal wire are far smaller than the box of the whole wire.
     """
-    half = curve_normals(points) * (width / 2.0)
+    half = curve_normals(points) * (np.reshape(width, (-1, 1)) / 2.0)
     left, right = points + half, points - half
     mask = np.zeros(shape, dtype=bool)
     for start in range(0, max(1, len(points) - 1), piece):
@@ -137,20 +176,29 @@ def _place_apart(
 # ----------------------------------------------------------------------------------------------------------
 
 
+def varying_width(rng: np.random.Generator, n: int, width: float, spread: float = WIDTH_SPREAD) -> np.ndarray:
+    """Widths along a wire of `n` samples: `width` times a slow random modulation of relative std `spread`
+    (real wires thicken and thin along their length), never below MIN_WIRE_WIDTH."""
+    field = ndimage.gaussian_filter1d(rng.standard_normal(n + 16), sigma=4.0, mode="wrap")[8:-8]
+    field = (field - field.mean()) / (field.std() + 1e-12)
+    return np.maximum(MIN_WIRE_WIDTH, width * (1.0 + spread * field))
+
+
 def _single_wire(
     rng: np.random.Generator, size: int, width: float, length_range: tuple[float, float], centre_range: tuple[float, float], bend: float
 ) -> np.ndarray:
     centre = rng.uniform(*centre_range, size=2) * size
-    points = smooth_curve(rng, centre, rng.uniform(0, np.pi), rng.uniform(*length_range) * size, rng.uniform(0, bend))
-    return rasterise_wire(points, width, (size, size))
+    points = smooth_curve(rng, centre, rng.uniform(0, np.pi), rng.uniform(*length_range) * size, rng.uniform(0.3, 1.0) * bend)
+    return rasterise_wire(points, varying_width(rng, len(points), width), (size, size))
 
 
 def _singular_layout(rng: np.random.Generator, size: int, attempt: int) -> list[np.ndarray]:
-    """One to three long isolated wires."""
-    base = _base_width(rng, size) * 1.15
+    """One to three long isolated wires, imaged at higher magnification than the crowded classes (the real
+    singular panel's 70 nm bar against 100-200 nm), so they are about twice as wide in pixels."""
+    base = _base_width(rng, size) * 2.0
 
     def make() -> list[np.ndarray]:
-        return [_single_wire(rng, size, _wire_width(rng, base), (0.3, 0.75), (0.2, 0.8), 0.6)]
+        return [_single_wire(rng, size, _wire_width(rng, base), (0.3, 0.75), (0.2, 0.8), CURL)]
 
     return _place_apart(rng, make, int(rng.integers(1, 4)), (size, size), margin=6 * _scale(size))
 
@@ -165,7 +213,7 @@ def _dispersed_layout(rng: np.random.Generator, size: int, attempt: int) -> list
     base = _base_width(rng, size)
 
     def make() -> list[np.ndarray]:
-        return [_single_wire(rng, size, _wire_width(rng, base), (0.12, 0.35), (0.05, 0.95), 0.8)]
+        return [_single_wire(rng, size, _wire_width(rng, base), (0.12, 0.35), (0.05, 0.95), CURL)]
 
     return _place_apart(rng, make, int(rng.integers(6, 40)), (size, size), margin=2.5 * _scale(size))
 
@@ -176,44 +224,32 @@ def _network_layout(rng: np.random.Generator, size: int, attempt: int) -> list[n
     base = _base_width(rng, size)
     count = int(rng.integers(4, 30)) + 3 * attempt
     return [
-        _single_wire(rng, size, _wire_width(rng, base), (0.5, 1.1), (-0.05, 1.05), 0.7) for _ in range(count)
+        _single_wire(rng, size, _wire_width(rng, base), (0.5, 1.1), (-0.05, 1.05), CURL) for _ in range(count)
     ]
 
 
-def _bundle_group(rng: np.random.Generator, size: int, base_width: float) -> list[np.ndarray]:
-    """Four to ten wires laid side by side along one curved axis, touching or nearly so."""
-    scale = _scale(size)
-    length = rng.uniform(0.35, 0.8) * size
-    axis = smooth_curve(rng, rng.uniform(0.2, 0.8, size=2) * size, rng.uniform(0, np.pi), length, rng.uniform(0, 0.5))
-    n_wires = int(rng.integers(4, 11))
-    width = _wire_width(rng, base_width)
-    pitch = width + rng.uniform(0.0, 0.8) * scale
-    s = np.linspace(-0.5, 0.5, len(axis))
-    group = []
-    for j in range(n_wires):
-        # Each strand sits at its lane, splays a little and is a bit shorter than the bundle at either end.
-        lane = (j - (n_wires - 1) / 2) * pitch + rng.normal(0.0, 0.15 * scale)
-        offset = lane + rng.normal(0.0, 0.6 * scale) * s
-        lo = int(rng.uniform(0.0, 0.15) * len(axis))
-        hi = len(axis) - int(rng.uniform(0.0, 0.15) * len(axis))
-        strand = parallel_curve(axis, offset)[lo:hi]
-        group.append(rasterise_wire(strand, _wire_width(rng, width), (size, size)))
-    return group
+def _bundle_fibre(rng: np.random.Generator, size: int) -> np.ndarray:
+    """One thick fibre of many fused wires: a gently curved band 15-45 % of the side wide (width varying along
+    it), crossing most of the field of view, as the real bundle panels show."""
+    width = rng.uniform(0.15, 0.45) * size
+    centre = rng.uniform(0.3, 0.7, size=2) * size
+    axis = smooth_curve(rng, centre, rng.uniform(0, np.pi), rng.uniform(0.9, 1.5) * size, rng.uniform(0.0, 0.8),
+                        step=max(1.5, width / 8))
+    return rasterise_wire(axis, varying_width(rng, len(axis), width, spread=0.15), (size, size), piece=4)
 
 
 def _bundle_layout(rng: np.random.Generator, size: int, attempt: int) -> list[np.ndarray]:
-    """One to three bundles of aligned wires, sometimes with a stray single wire or two."""
+    """One thick fused fibre, sometimes with a stray single wire or two beside it."""
     base = _base_width(rng, size)
-    shape = (size, size)
-    bundles = _place_apart(rng, lambda: _bundle_group(rng, size, base), int(rng.integers(1, 4)), shape, 5 * _scale(size))
-    keep_out = np.logical_or.reduce(bundles) if bundles else np.zeros(shape, dtype=bool)
+    fibre = _bundle_fibre(rng, size)
+    keep_out = ndimage.binary_dilation(fibre, iterations=3)
     strays = []
     for _ in range(int(rng.integers(0, 3))):
-        wire = _single_wire(rng, size, _wire_width(rng, base), (0.1, 0.3), (0.1, 0.9), 0.6)
+        wire = _single_wire(rng, size, _wire_width(rng, base), (0.1, 0.3), (0.1, 0.9), CURL)
         if not (ndimage.binary_dilation(wire, iterations=3) & keep_out).any():
             strays.append(wire)
             keep_out |= wire
-    return bundles + strays
+    return [fibre] + strays
 
 
 _LAYOUTS = {
@@ -224,17 +260,23 @@ _LAYOUTS = {
 }
 
 
-def wire_layout(morphology: str, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def wire_layout(morphology: str, size: int, rng: np.random.Generator,
+                hidden: np.ndarray | None = None) -> list[np.ndarray]:
     """Per-wire masks for one image, redrawn until the percolation label fits the class.
 
     Networks must percolate and every other class must not: the paper separates `network` from the rest
     exactly by this property, so a stray spanning `dispersed` image would be a mislabelled example.
+    `hidden` (bool, the image's shape): pixels covered later (the scale bar); wires are cut there first, so
+    the label is checked on what the image shows.
     """
     if morphology not in _LAYOUTS:
         raise ValueError(f"unknown morphology '{morphology}' (choose from {', '.join(CLASSES)})")
     want_percolation = morphology == "network"
     for attempt in range(MAX_LAYOUT_ATTEMPTS):
         wires = _LAYOUTS[morphology](rng, size, attempt)
+        if hidden is not None:
+            wires = [w & ~hidden for w in wires]
+        wires = [w for w in wires if w.any()]
         if not wires:
             continue
         if percolates(np.logical_or.reduce(wires)) == want_percolation:
@@ -266,16 +308,17 @@ def illumination(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray
 
 
 def amorphous_film(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Bright support film: a random level, slow thickness variation and fine phase-contrast grain."""
+    """Bright support film: a random level, slow thickness variation and strong fine phase-contrast grain."""
     level = rng.uniform(0.5, 0.85)
     slow = smooth_noise(rng, shape, sigma=shape[0] / rng.uniform(5, 12)) * rng.uniform(0.01, 0.05)
-    grain = smooth_noise(rng, shape, sigma=rng.uniform(0.6, 1.2) * scale) * rng.uniform(0.01, 0.04)
+    grain = smooth_noise(rng, shape, sigma=rng.uniform(GRAIN_SIGMA[0], GRAIN_SIGMA[1]) * scale) \
+        * rng.uniform(*GRAIN_STRENGTH)
     return level * (1.0 + slow + grain)
 
 
 def defocus(rng: np.random.Generator, image: np.ndarray, scale: float) -> np.ndarray:
     """Gaussian blur plus a faint Fresnel-like overshoot that rims dark objects with a bright halo."""
-    sigma = rng.uniform(0.5, 1.1) * scale
+    sigma = rng.uniform(*BLUR_SIGMA) * scale
     blurred = ndimage.gaussian_filter(image, sigma=sigma, mode="nearest")
     halo = blurred - ndimage.gaussian_filter(blurred, sigma=2.5 * sigma, mode="nearest")
     return blurred + rng.uniform(0.0, 0.6) * halo
@@ -298,30 +341,79 @@ def _debris(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> n
     return transmission
 
 
+def projected_thickness(wire: np.ndarray, scale: float) -> np.ndarray:
+    """Relative projected thickness (0-1) of a wire's pixels: a cylinder's chord, sqrt(1 - (d/R)^2) with d the
+    distance from the centreline, so wide fibres are darkest along their axis and lighter at the rims."""
+    inside = ndimage.distance_transform_edt(wire)
+    radius = max(float(inside.max()), 0.5 * scale)
+    return np.sqrt(np.clip(1.0 - ((radius - inside) / radius) ** 2, 0.0, 1.0)) * wire
+
+
 def render_tem(rng: np.random.Generator, wires: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """TEM-like intensity image (float, ~[0, 1]) of the given wire masks on an amorphous film."""
+    """TEM-like intensity image (float, ~[0, 1]) of the given wire masks on an amorphous film.
+
+    Thin wires get the low contrast of the real panels (CONTRAST_THIN); a wire wider than THICK_WIRE px at
+    the 128 px reference (a fused bundle) the strong one of the real bundle (CONTRAST_THICK), with a
+    streaky internal texture along its length.
+    """
     scale = shape[0] / REFERENCE_SIZE
     # Wires absorb more where they are thicker or diffract more strongly; a slow field varies this along them.
     strength = np.clip(1.0 + 0.2 * smooth_noise(rng, shape, sigma=shape[0] / 10), 0.5, 1.5)
-    base_contrast = rng.uniform(0.3, 0.7)
+    thin_contrast = rng.uniform(*CONTRAST_THIN)
     transmission = np.ones(shape)
     for wire in wires:
-        contrast = np.clip(base_contrast * rng.uniform(0.8, 1.2), 0.1, 0.9)
-        transmission[wire] *= np.clip(1.0 - contrast * strength[wire], 0.05, 1.0)
+        thickness = projected_thickness(wire, scale)
+        if ndimage.distance_transform_edt(wire).max() * 2 > THICK_WIRE * scale:
+            texture = np.clip(1.0 + 0.12 * smooth_noise(rng, shape, sigma=3.0 * scale), 0.6, 1.4)
+            contrast = rng.uniform(*CONTRAST_THICK) * np.clip(0.55 + 0.45 * thickness, 0, 1) * texture
+        else:
+            contrast = np.clip(thin_contrast * rng.uniform(0.8, 1.2), 0.05, 0.9) * np.clip(0.6 + 0.4 * thickness, 0, 1)
+        transmission[wire] *= np.clip(1.0 - (contrast * strength)[wire], 0.05, 1.0)
     transmission *= _debris(rng, shape, scale)
     image = amorphous_film(rng, shape, scale) * transmission * illumination(rng, shape)
-    return shot_noise(rng, defocus(rng, image, scale), (150.0, 2500.0))
+    return shot_noise(rng, defocus(rng, image, scale), DOSE)
+
+
+def scale_bar_box(rng: np.random.Generator, size: int) -> tuple[slice, slice]:
+    """Where the microscope's scale bar goes: a box of about 30 x 8 % of the side in a bottom corner."""
+    height, width = max(4, int(round(rng.uniform(0.07, 0.1) * size))), max(8, int(round(rng.uniform(0.25, 0.35) * size)))
+    margin = max(1, int(round(0.02 * size)))
+    top = size - margin - height
+    left = size - margin - width if rng.random() < 0.75 else margin
+    return slice(top, top + height), slice(left, left + width)
+
+
+def draw_scale_bar(rng: np.random.Generator, image: np.ndarray, box: tuple[slice, slice]) -> None:
+    """Burn a scale bar into `image` (in place): a white box holding a black bar and a row of text-like marks,
+    as the microscope software writes it; it hides whatever lies beneath, so it is no part of the mask."""
+    rows, cols = box
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    patch = np.ones((h, w))
+    bar_row = int(round(0.7 * h))
+    patch[bar_row : bar_row + max(1, h // 8), int(0.1 * w) : int(0.9 * w)] = 0.0
+    # "100 nm": a few glyph-sized dark marks centred above the bar.
+    glyphs = int(rng.integers(4, 7))
+    glyph_w = max(1, w // 16)
+    start = (w - glyphs * 2 * glyph_w) // 2
+    for g in range(glyphs):
+        c0 = start + 2 * g * glyph_w
+        patch[max(1, h // 6) : max(2, int(0.5 * h)), c0 : c0 + glyph_w] = rng.uniform(0.0, 0.3)
+    image[rows, cols] = patch
 
 
 def generate_nanowire_image(morphology: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic nanowire TEM image (uint16, (size, size)) and its exact wire mask (bool, same shape).
 
-    The mask holds exactly the wire pixels as drawn, before blur and noise.
+    The mask holds exactly the wire pixels as drawn, before blur and noise, less what the scale bar covers.
     """
     if size < 16:
         raise ValueError(f"image size must be at least 16 px, got {size}")
-    wires = wire_layout(morphology, size, rng)
+    box = scale_bar_box(rng, size)
+    hidden = np.zeros((size, size), dtype=bool)
+    hidden[box] = True
+    wires = wire_layout(morphology, size, rng, hidden)
     image = render_tem(rng, wires, (size, size))
+    draw_scale_bar(rng, image, box)
     mask = np.logical_or.reduce(wires)
     return np.round(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16), mask
 

@@ -25,6 +25,7 @@ from nanomorph.report.gallery import Figure, collect_figures
 from nanomorph.report.morphology_figure import morphology_figure
 
 FIGURE_DIRS = (Path("figures/probe"), Path("figures/segment"))
+BENCHMARKS = Path("benchmarks/results")  # generator realism figure and the real-data (EMPS) benchmark
 # Lu et al. 2022 (Fig. 2C, Barlow Twins pretrained on TEM images; Fig. 4B, U-Net with that encoder), read off the
 # figures: median test accuracy per labels/class and median dice per training images. ImageNet-initialised
 # ResNet50 at 224/512 px, so a reference, not a like-for-like comparison.
@@ -284,6 +285,41 @@ def _morphology_section(metrics_dir: Path, out_dir: Path, paths: dict[str, Path]
     return section
 
 
+def _real_data_section(benchmarks: Path) -> Section:
+    """The real-EM benchmark (EMPS particles, benchmarks/segment_real.py): learned vs classical vs random-init."""
+    section = Section("Real EM images (EMPS particle segmentation benchmark)")
+    result = _read_json(benchmarks / "segment_real.json")
+    if not result:
+        return section.add("missing", f"{benchmarks.as_posix()}/segment_real.json is missing: run "
+                                      "benchmarks/segment_real.py (needs ../shared/data/emps).")
+    table = result.get("table", {})
+    sizes = sorted({int(k[1:]) for per_n in table.values() for k in per_n})
+    rows = pd.DataFrame({"training images": sizes})
+    for method, per_n in table.items():
+        rows[method] = [per_n.get(f"n{n}", {}).get("dice_median", float("nan")) for n in sizes]
+    data = result.get("data", {})
+    section.add("text", f"{data.get('pairs', '?')} real images ({data.get('source', '')}), one seeded split: "
+                        f"{data.get('train', '?')} train, {data.get('validation', '?')} validation, "
+                        f"{data.get('test', '?')} test; median per-image test dice. Classical methods are fitted "
+                        "on the same training images; U-Net thresholds are chosen on the validation images.")
+    section.add("table", rows)
+    tests = result.get("paired_tests_vs_classical", [])
+    if tests:
+        section.add("table", pd.DataFrame(tests)[["n", "method_a", "method_b", "median_difference", "p", "p_holm"]])
+    return section
+
+
+def _realism_section(benchmarks: Path) -> Section:
+    section = Section("The default data: real TEM panels vs the generator")
+    figure = benchmarks / "generator_realism.png"
+    if not figure.is_file():
+        return section.add("missing", f"{figure.as_posix()} is missing: run benchmarks/generator_realism.py.")
+    section.add("text", "The generator is calibrated on the paper's four real panels (noise, grain, contrast, "
+                        "illumination; nanomorph.data.synthetic's docstring lists the statistics, "
+                        f"{benchmarks.as_posix()}/generator_realism.json the values).")
+    return section.add("figure", Figure(figure, "Real TEM panels (left) next to generated images of the class"))
+
+
 def _registry_section(register: dict) -> Section:
     section = Section("Model registry")
     if not register:
@@ -320,7 +356,8 @@ def _registry_section(register: dict) -> Section:
 
 
 def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
-                 figure_dirs: tuple[Path, Path] = FIGURE_DIRS, data_source: str = "synthetic") -> dict[str, Path]:
+                 figure_dirs: tuple[Path, Path] = FIGURE_DIRS, data_source: str = "synthetic",
+                 benchmarks: Path = BENCHMARKS) -> dict[str, Path]:
     """Write metrics.json, the figures, report.md and report.html into `out_dir`; returns their paths.
 
     `figure_dirs` are the (probe, segment) folders whose PNGs are shown in their sections.
@@ -357,8 +394,10 @@ def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
 
     sections = [
         _headline_section(metrics_dir, data_source),
+        _real_data_section(benchmarks),
         classification,
         segmentation,
+        _realism_section(benchmarks),
         _morphology_section(metrics_dir, out_dir, paths),
         _registry_section(_read_json(metrics_dir / "register.json")),
         _validation_section(headline["validate"]),
