@@ -264,8 +264,9 @@ def main() -> None:
     results = run_sweep(args, sg, images, masks, split, states)
     table = summary_table(results)
     # Every learned segmenter vs every classical one, paired over the test images (dice averaged over seeds).
-    pairs = [(m, c) for m in states for c in args.classical]
-    tests = pairwise_wilcoxon(results, value="dice", unit="image_index", pairs=pairs) if pairs else pd.DataFrame()
+    compared = [(m, c) for m in states for c in args.classical]
+    tests = (pairwise_wilcoxon(results, value="dice", unit="image_index", pairs=compared) if compared
+             else pd.DataFrame())
 
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     params["sizes"] = list(args.sizes)

@@ -23,13 +23,13 @@ import argparse
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from _tracking import benchmark_run
+from pretrain_probe_margin import pretrained_encoder
 from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack
 from nanomorph.data.layout import find_images, find_nanowire_dataset
@@ -39,24 +39,9 @@ from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
 from nanomorph.probe.solvers import SolverSettings
 from nanomorph.probe.sweep import probe_sweep
-from nanomorph.ssl.train import pretrain
 
 STAGE_SETS = {"layer4": ("layer4",), "layer3+4": ("layer3", "layer4"), "layer2+3+4": ("layer2", "layer3", "layer4")}
 POOLS = ("generic", "generic+task")
-
-
-def pretrained(images: np.ndarray, cfg, method: str, seed: int):
-    p = cfg.pretrain
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = pretrain(
-            images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size, epochs=p.epochs,
-            optimizer=p.optimizer, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-            warmup_epochs=p.warmup_epochs, temperature=p.temperature, lambd=p.lambd,
-            projector_dims=p.projector_dims, crop_side=p.crop_side, flip_p=p.flip_p, jitter_p=p.jitter_p,
-            brightness=p.brightness, contrast=p.contrast, seed=seed, checkpoint_path=None, checkpoint_every=0,
-            accumulate_steps=p.accumulate_steps, compile_model=p.compile, progress=False, device="cpu")
-    return result.encoder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +91,7 @@ def main() -> None:
             images = generic if pool == "generic" else np.concatenate([generic, task_source])
             t0 = time.perf_counter()
             name = f"{method}[{pool}]"
-            encoders[name] = pretrained(images, cfg, method, p.seed)
+            encoders[name], _info = pretrained_encoder(images, cfg, method, p.seed)
             if args.save_encoders is not None:
                 save_encoder(args.save_encoders / f"{name}.pt", encoders[name], {"method": method, "pool": pool,
                                                                               "data_seed": args.data_seed})

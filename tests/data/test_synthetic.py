@@ -7,10 +7,17 @@ import tifffile
 from nanomorph.analysis.percolation import percolates
 from nanomorph.data.io import read_image, read_zenodo_label
 from nanomorph.data.layout import find_images, find_nanowire_dataset
+from scipy import ndimage
+
 from nanomorph.data.synthetic import (
     CLASSES,
+    curly_curve,
     generate_generic_em_image,
     generate_nanowire_image,
+    rasterise_wire,
+    scale_bar_box,
+    varying_width,
+    wire_layout,
     write_generic_em_dataset,
     write_nanowire_dataset,
 )
@@ -41,24 +48,71 @@ def test_percolation_label_matches_class(morphology, seed):
 
 @pytest.mark.parametrize("morphology", CLASSES)
 def test_wires_are_dark_on_a_bright_film(morphology):
-    # Real thin wires absorb only ~20 % (the paper's panels): darker than the film, but not by much.
+    # Real thin wires absorb only ~20-40 % (the paper's panels): darker than the film, but not by much.
     image, mask = generate_nanowire_image(morphology, 128, rng(3))
-    assert image[mask].mean() < 0.95 * image[~mask].mean()
+    film = ~mask & (image < 65535)  # not the scale bar's white box
+    assert image[mask].mean() < 0.95 * image[film].mean()
 
 
 @pytest.mark.parametrize("morphology", CLASSES)
-def test_the_scale_bar_is_burned_in_and_not_part_of_the_mask(morphology):
-    image, mask = generate_nanowire_image(morphology, 128, rng(4))
+def test_the_mask_is_exactly_the_drawn_wires(morphology):
+    # generate_nanowire_image draws the scale bar's place first, then the layout (cut by it), then renders.
+    _, mask = generate_nanowire_image(morphology, 96, rng(5))
+    generator = rng(5)
+    box = scale_bar_box(generator, 96)
+    hidden = np.zeros((96, 96), dtype=bool)
+    hidden[box] = True
+    wires = wire_layout(morphology, 96, generator, hidden)
+    np.testing.assert_array_equal(mask, np.logical_or.reduce(wires))
+
+
+@pytest.mark.parametrize("morphology, size", list(itertools.product(CLASSES, (96, 128))))
+def test_the_scale_bar_is_burned_in_and_not_part_of_the_mask(morphology, size):
+    image, mask = generate_nanowire_image(morphology, size, rng(4))
+    box = scale_bar_box(rng(4), size)  # the first thing drawn from the image's generator
+    patch = image[box]
+    rows, cols = box
+    assert rows.stop == size or rows.stop >= 0.98 * size      # at the bottom border
+    assert cols.start <= 0.05 * size or cols.stop >= 0.95 * size  # in a corner
+    assert (patch == 65535).mean() > 0.5                       # a white box...
+    assert (patch < 0.5 * 65535).any()                         # ...with a black bar and text marks in it
+    assert (image[~np.zeros_like(mask)] == 65535).sum() == (patch == 65535).sum()  # nothing else is pure white
+    assert not mask[box].any()
+    from nanomorph.data.realism import overlay_mask
+
+    found = overlay_mask(image)                                # the realism statistics can leave it out
+    assert found[box].all() and found.sum() < 2 * patch.size
+
+
+def test_bundles_are_one_thick_fused_fibre():
     from skimage.measure import label
 
-    components = label(image == 65535, connectivity=1)
-    largest = np.argmax(np.bincount(components.ravel())[1:]) + 1
-    rows, cols = np.nonzero(components == largest)         # the bar's white box
-    assert len(rows) > 0.01 * image.size
-    box = np.zeros_like(mask)
-    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
-    assert rows.min() > 0.8 * 128                          # in a bottom corner
-    assert not (mask & box).any()
+    for i in range(4):
+        _, mask = generate_nanowire_image("bundle", 128, rng(6, i))
+        components = label(mask, connectivity=2)
+        largest = np.bincount(components.ravel())[1:].max()
+        assert largest > 0.15 * mask.size                      # one broad fibre, not separate lines
+        fibre = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+        filled = ndimage.binary_fill_holes(fibre)
+        assert filled.sum() - fibre.sum() < 0.01 * fibre.sum()  # fused: no gaps between its strands
+        assert not percolates(mask)
+
+
+def test_thin_wires_wind_and_vary_in_width():
+    generator = rng(9)
+    points = curly_curve(generator, (64, 64), 0.0, 100.0, curl=0.7, curl_length=15.0, step=1.0)
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    np.testing.assert_allclose(steps, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(points[len(points) // 2], (64, 64))
+    heading = np.unwrap(np.arctan2(np.diff(points[:, 0]), np.diff(points[:, 1])))
+    assert np.ptp(heading) > 0.5                               # winding, not straight
+    widths = varying_width(generator, 200, 3.0, spread=0.25, sigma=3.0)
+    assert widths.min() >= 1.2 and 0.15 < widths.std() / widths.mean() < 0.35
+    # A straight centreline rasterised with a varying width: each column holds about that many pixels.
+    line = np.stack([np.full(60, 20.0), np.arange(10.0, 70.0)], axis=1)
+    width = np.linspace(2.0, 8.0, 60)
+    band = rasterise_wire(line, width, (40, 80))
+    np.testing.assert_allclose(band[:, 15:65].sum(axis=0), width[5:55], atol=1.01)
 
 
 def test_wire_counts_differ_between_classes():

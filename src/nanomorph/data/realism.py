@@ -22,9 +22,9 @@ The statistics (`STATISTICS`), each from a small function here:
   background's residual standard deviation: how far the wires stand out of the grain;
 * `coverage`: the fraction of valid pixels under the wire mask;
 * `width_median`, `width_cv` (`wire_widths`): median and coefficient of variation of the local wire width,
-  2 * (distance transform) - 1 sampled on the mask's skeleton;
-* `tortuosity` (`branch_tortuosity`): median arc length / chord of the skeleton's branches (split at
-  junctions) at least `MIN_BRANCH` px long; 1 for straight wires.
+  the distance transform sampled on the skeleton (on a 2x upsampled grid, so even widths come out right);
+* `tortuosity` (`branch_tortuosity`): median arc length (`path_length`, a polyline through every 4th pixel)
+  / chord of the skeleton's branches (split at junctions) at least `MIN_BRANCH` px long; 1 for straight wires.
 
 A real panel has no mask: `rough_wire_mask` stands in for it (smooth, flatten, keep the pixels darker than
 the background by more than `ROUGH_K` robust noise deviations, drop specks). It is an approximation: it misses
@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, stats
 from skimage.measure import label, regionprops
-from skimage.morphology import remove_small_objects, skeletonize
+from skimage.morphology import skeletonize
 from skimage.transform import resize
 
 STATISTICS = (
@@ -53,7 +53,7 @@ STATISTICS = (
 MASK_STATISTICS = ("cnr", "coverage", "width_median", "width_cv", "tortuosity")
 HIGH_PASS = 3.0   # px; sigma of the blur subtracted to isolate the grain
 ROUGH_SMOOTH = 1.0  # px; sigma of the smoothing before the rough mask's threshold
-ROUGH_K = 2.5     # robust noise deviations below the background for a rough-mask pixel
+ROUGH_K = 2.0     # robust noise deviations below the background for a rough-mask pixel
 ROUGH_MIN_SIZE = 12  # px; smaller rough-mask components are grain, not wires
 MIN_BRANCH = 10   # px; shorter skeleton branches (spurs, pieces between junctions) are ignored
 
@@ -76,16 +76,17 @@ def crop_flat_borders(image: np.ndarray, tol: float = 1e-6) -> np.ndarray:
 def overlay_mask(image: np.ndarray, min_pixels: int = 15, margin: int = 2) -> np.ndarray:
     """Pixels under overlays burnt into a micrograph: scale bars and pasted labels, drawn in pure white.
 
-    The saturated components of at least `min_pixels` px are found and the bounding box of all of them,
-    widened by `margin` px, is returned (they sit together in a corner). Scattered saturated noise pixels are
-    smaller than `min_pixels` and ignored. All False when there is no overlay.
+    The saturated pixels are opened with a 2 x 2 square (overlay strokes are solid, saturated noise pixels
+    are scattered), the components of at least `min_pixels` px are kept and the bounding box of all of them,
+    widened by `margin` px, is returned (they sit together in a corner). All False when there is no overlay.
     """
     image = np.asarray(image, dtype=np.float64)
     out = np.zeros(image.shape, dtype=bool)
     top = image.max()
     if top <= image.min():
         return out
-    regions = [r for r in regionprops(label(image >= top, connectivity=2)) if r.area >= min_pixels]
+    solid = ndimage.binary_opening(image >= top, structure=np.ones((2, 2), dtype=bool))
+    regions = [r for r in regionprops(label(solid, connectivity=2)) if r.area >= min_pixels]
     if not regions:
         return out
     r0 = min(r.bbox[0] for r in regions)
@@ -128,26 +129,51 @@ def smooth_trend(image: np.ndarray, background: np.ndarray) -> np.ndarray:
     return basis @ coef
 
 
+def drop_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """`mask` without its 8-connected components of fewer than `min_size` pixels."""
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels]
+
+
+def background_level(values: np.ndarray) -> tuple[float, float]:
+    """(mode, standard deviation) of the background in a sample of intensities with darker objects mixed in.
+
+    The mode is the peak of a smoothed histogram; the standard deviation comes from the bright side of the
+    peak only (1.4826 times the median distance above it), which the dark objects do not reach.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = np.quantile(values, [0.01, 0.99])
+    counts, edges = np.histogram(values, bins=100, range=(lo, hi))
+    peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), 2.0)))
+    mode = 0.5 * (edges[peak] + edges[peak + 1])
+    above = values[values > mode] - mode
+    return float(mode), float(1.4826 * np.median(above)) if len(above) else 0.0
+
+
 def rough_wire_mask(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """An approximate wire mask for an image without one (a real panel): dark, connected, not grain.
 
     The image is smoothed (sigma ROUGH_SMOOTH px), flattened by its background trend (`background_trend`,
-    sigma side / 8, over the background pixels only) and thresholded at ROUGH_K robust standard deviations
-    (1.4826 MAD) of the flattened background below its median; components under ROUGH_MIN_SIZE px are
-    dropped. The background starts as the brighter half of the pixels and is re-estimated without the dark
-    pixels found, four times, so neither a wide dark fibre nor a dense network drags the trend down.
+    sigma side / 8, over the background pixels only) and thresholded at ROUGH_K standard deviations below
+    the background's level (`background_level`: histogram mode, bright-side spread); components under
+    ROUGH_MIN_SIZE px are dropped. The background starts as the brighter half of the pixels and is
+    re-estimated without the dark pixels found (three passes), so a wide dark fibre does not drag the trend
+    down. It misses the faintest wire pixels, fattens wires to the smoothing's scale and also takes large dark
+    patches of film.
     """
     image = np.asarray(image, dtype=np.float64)
     valid = np.ones(image.shape, dtype=bool) if valid is None else valid
     smooth = ndimage.gaussian_filter(image, ROUGH_SMOOTH)
     background = valid & (smooth >= np.median(smooth[valid]))
     mask = np.zeros(image.shape, dtype=bool)
-    for _ in range(4):
+    for _ in range(3):
         flat = smooth - background_trend(smooth, background, image.shape[0] / 8)
-        centre, upper = np.quantile(flat[background], [0.5, 0.75])
-        spread = (upper - centre) / 0.6745  # from the bright side, which dark pixels do not reach
-        mask = valid & (flat < centre - ROUGH_K * spread)
-        mask = remove_small_objects(mask, ROUGH_MIN_SIZE, connectivity=2)
+        level, spread = background_level(flat[valid])
+        mask = valid & (flat < level - ROUGH_K * spread)
+        mask = drop_small_objects(mask, ROUGH_MIN_SIZE)
         background = valid & ~ndimage.binary_dilation(mask)
     return mask
 
@@ -199,6 +225,8 @@ def correlation_length(field: np.ndarray, valid: np.ndarray | None = None) -> fl
     acf = masked_autocorrelation(field, valid)
     radius, profile = radial_profile(acf, (acf.shape[0] // 2, acf.shape[1] // 2))
     below = np.nonzero(profile <= np.exp(-1.0))[0]
+    if len(profile) == 0:
+        return float("nan")
     if len(below) == 0:
         return float(radius[-1])
     k = below[0]
@@ -220,7 +248,8 @@ def radial_power_spectrum(field: np.ndarray, valid: np.ndarray | None = None) ->
     return radius / min(field.shape), profile
 
 
-def spectral_slope(field: np.ndarray, valid: np.ndarray | None = None, band: tuple[float, float] = (0.08, 0.4)) -> float:
+def spectral_slope(field: np.ndarray, valid: np.ndarray | None = None,
+                   band: tuple[float, float] = (0.08, 0.4)) -> float:
     """Least-squares slope of log(power) on log(frequency) of `radial_power_spectrum` within `band`."""
     freq, power = radial_power_spectrum(field, valid)
     keep = (freq >= band[0]) & (freq <= band[1]) & (power > 0)
@@ -242,15 +271,17 @@ def contrast_to_noise(image: np.ndarray, wires: np.ndarray, background: np.ndarr
 
 
 def wire_widths(mask: np.ndarray) -> np.ndarray:
-    """Local widths (px) of the wires: 2 * Euclidean distance to the background - 1, on skeleton pixels.
+    """Local widths (px) of the wires, one per skeleton pixel of the mask upsampled 2x (nearest neighbour).
 
-    A straight band n px across has its skeleton n // 2 + 1 px deep in the band: width n for odd n.
+    On that grid a band n px across is 2n px across, and its skeleton lies n px deep (Euclidean distance to
+    the background), so the depth there is the width in the original pixels, for even and odd n alike.
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.empty(0)
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return 2.0 * depth[skeletonize(mask)] - 1.0
+    fine = np.kron(mask, np.ones((2, 2), dtype=bool))
+    depth = ndimage.distance_transform_edt(np.pad(fine, 1))[1:-1, 1:-1]
+    return depth[skeletonize(fine)]
 
 
 _NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]])
@@ -297,11 +328,13 @@ def _order_path(coords: np.ndarray) -> np.ndarray:
     return coords[order]
 
 
-def path_length(path: np.ndarray) -> float:
-    """Length (px) of a pixel path: 1 per straight step, sqrt(2) per diagonal one."""
+def path_length(path: np.ndarray, stride: int = 4) -> float:
+    """Length (px) of a pixel path, measured along the polyline through every `stride`-th pixel (and the
+    last): summing the pixel steps themselves would make a straight digital line up to 8 % longer than it is."""
     if len(path) < 2:
         return 0.0
-    return float(np.hypot(*np.diff(path, axis=0).T).sum())
+    index = np.unique(np.r_[np.arange(0, len(path), stride), len(path) - 1])
+    return float(np.hypot(*np.diff(path[index].astype(np.float64), axis=0).T).sum())
 
 
 def branch_tortuosity(mask: np.ndarray, min_length: float = MIN_BRANCH) -> np.ndarray:

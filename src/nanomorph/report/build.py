@@ -165,7 +165,8 @@ def headline_metrics(metrics_dir: Path, probe_n: int) -> dict:
 def _table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
+    # itertuples keeps each column's type (iterrows would turn a row of ints and floats into floats: "4.000").
+    for row in frame.itertuples(index=False, name=None):
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines)
 
@@ -313,7 +314,7 @@ def _realism_section(benchmarks: Path) -> Section:
     section = Section("The default data: real TEM panels vs the generator")
     figure = benchmarks / "generator_realism.png"
     if not figure.is_file():
-        return section.add("missing", f"{figure.as_posix()} is missing: run benchmarks/generator_realism.py.")
+        return section.add("missing", f"{figure.as_posix()} is missing: run scripts/generator_realism.py.")
     section.add("text", "The generator is calibrated on the paper's four real panels (noise, grain, contrast, "
                         "illumination; nanomorph.data.synthetic's docstring lists the statistics, "
                         f"{benchmarks.as_posix()}/generator_realism.json the values).")
