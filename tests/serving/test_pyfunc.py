@@ -68,7 +68,8 @@ def test_inline_array_gives_the_same_answer_as_its_file(fresh):
     assert fresh["by_array"]["class"][0] == same["class"]
     for key, value in same.items():
         if key.startswith("prob_"):
-            assert fresh["by_array"][key][0] == pytest.approx(value, abs=1e-6)
+            # float32 features reached through two decode paths: equal to float32 rounding, not bit for bit
+            assert fresh["by_array"][key][0] == pytest.approx(value, abs=1e-5)
     assert "embedding" not in fresh["by_array"]  # only on request
 
 
