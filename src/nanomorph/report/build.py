@@ -126,9 +126,15 @@ def _headline_section(metrics_dir: Path, data_source: str) -> Section:
         if classical_perc:
             line += (f"; from the {seg_json['classical_downstream']['method']} classical masks: "
                      f"{classical_perc['agreement_predicted']:.1%}")
-        section.add("text", line + ". From the true masks: " + f"{percolation['agreement_true']:.1%}"
-                    + (" (a generator self-check: the generator redraws a layout until its percolation fits the "
-                       "class, so this holds by construction)." if synthetic else "."))
+        analyse = _read_json(metrics_dir / "analyse.json")
+        full = analyse.get("percolation_agreement_true_masks")
+        line += (f". From the true masks resized to the same {seg_json.get('image_size', '?')} px: "
+                 f"{percolation['agreement_true']:.1%} (the ceiling at that size)")
+        if full is not None:
+            line += (f"; from the true masks at full resolution: {full:.1%}"
+                     + (" (a generator self-check: the generator redraws a layout until its percolation fits "
+                        "the class, so this holds by construction)" if synthetic else ""))
+        section.add("text", line + ".")
     return section
 
 
