@@ -18,7 +18,7 @@ import segmentation_models_pytorch as smp
 import torch
 from tqdm.auto import tqdm
 
-from nanomorph.probe.splits import SplitRule, nested_subsets, random_split
+from nanomorph.probe.splits import SplitRule, as_rule, nested_subsets, random_split
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.model import build_unet
@@ -70,15 +70,13 @@ def split_train_validation_test(n_images: int, test_fraction: float | SplitRule,
     A SplitRule with the data's own split returns its parts as they are, for every seed (a given split without
     validation images gets its validation part carved out of its train part as above).
     """
-    if isinstance(test_fraction, SplitRule) and test_fraction.given is not None:
-        train_idx, given_val, test_idx = (test_fraction.given.train, test_fraction.given.validation,
-                                          test_fraction.given.test)
+    rule = as_rule(test_fraction)
+    if rule.given is not None:
+        train_idx, given_val, test_idx = rule.given.train, rule.given.validation, rule.given.test
         if len(given_val) or validation_fraction <= 0:
             return train_idx, given_val, test_idx
     else:
-        if isinstance(test_fraction, SplitRule):
-            test_fraction = test_fraction.test_fraction
-        train_idx, test_idx = random_split(n_images, test_fraction, seed, strata)
+        train_idx, test_idx = random_split(n_images, rule.test_fraction, seed, strata)
     if validation_fraction <= 0:
         return train_idx, np.array([], dtype=int), test_idx
     part_strata = None if strata is None else np.asarray(strata)[train_idx]

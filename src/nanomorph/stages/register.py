@@ -122,11 +122,12 @@ def score_segmenter(model_uri: str, paths: list[str], mask_paths: list[str]) -> 
     return float(np.mean(dices))
 
 
-def classical_classifier_score(train_paths: list[str], train_labels: np.ndarray, eval_paths: list[str],
+def classical_classifier_score(train_images: np.ndarray, train_labels: np.ndarray, eval_paths: list[str],
                                eval_labels: np.ndarray, *, size: int, min_size: int, C: float, tol: float,
                                max_iter: int, seed: int) -> dict[str, Any]:
-    """Accuracy on the evaluation images of the linear probe on classical features fitted on the training part."""
-    X_train = classical_features(load_image_stack([Path(p) for p in train_paths], size), min_size)
+    """Accuracy on the evaluation images of the linear probe on classical features fitted on the training part
+    (`train_images`: the training images at `size` px, as already loaded for the learned encoders)."""
+    X_train = classical_features(train_images, min_size)
     X_eval = classical_features(load_image_stack([Path(p) for p in eval_paths], size), min_size)
     probe = fit_linear_probe(X_train, train_labels, C=C, max_iter=max_iter, seed=seed, tol=tol)
     return {"method": CLASSICAL, "score": float((probe.predict(X_eval) == np.asarray(eval_labels, str)).mean())}
@@ -236,7 +237,7 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
                                          stages=pr.feature_stages)
         eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
         classical_classifier = classical_classifier_score(
-            train_rows["path"].tolist(), train_labels, eval_paths, eval_labels, size=pr.feature_size,
+            images, train_labels, eval_paths, eval_labels, size=pr.feature_size,
             min_size=sg.object_min_size, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, seed=rg.seed)
         classifier = _promote(
             cfg, client, "classifier", rg.classifier, "accuracy", classifier_info.model_uri,
