@@ -145,6 +145,10 @@ class PretrainConfig:
     jitter_p: float
     brightness: float
     contrast: float
+    dihedral: bool             # views also get vertical flips and quarter turns (all 8 symmetries of the square)
+    blur_p: float
+    blur_sigma: float
+    noise_std: float
     checkpoint_every: int
     accumulate_steps: int
     compile: bool
@@ -170,6 +174,7 @@ class ProbeConfig:
     knn_k: int
     feature_size: int
     feature_stages: tuple[str, ...]
+    feature_dihedral: bool       # average features over the 8 rotations/flips of each image
     figure_n: int
     advisor_budgets: tuple[int, ...]
     labels_per_class: tuple[int, ...]
@@ -197,6 +202,9 @@ class SegmentConfig:
     epoch_scale: float
     seeds: int
     steps: int | None = None     # fixed optimiser steps per run (any n); None: the paper's epochs_for(n)
+    crop_size: int | None = None  # train on random windows of this side (native resolution); None: whole images
+    encoder_lr: float | None = None  # with freeze_encoder false: the encoder's own lr (BatchNorm kept fixed)
+    dihedral: bool = False       # predict as the mean over the 8 rotations/flips of each image
 
     def epochs_for(self, n: int) -> int:
         """Paper epochs for the nearest listed training-set size, scaled by the profile (at least 1)."""

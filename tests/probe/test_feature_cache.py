@@ -103,3 +103,14 @@ def test_index_prunes_stale_entries_and_loads_back(tmp_path, encoder, images):
 def test_wrong_image_stack_is_refused(tmp_path, encoder, images):
     with pytest.raises(ValueError, match="expected 7 images"):
         FeatureCache(tmp_path).get_or_extract("enc", 0, encoder, SIZE, "s", 7, Loader(images))
+
+
+def test_key_and_features_change_with_the_dihedral_readout(tmp_path, encoder, images):
+    cache = FeatureCache(tmp_path)
+    plain, base = cache.get_or_extract("enc", 0, encoder, SIZE, "set-a", len(images), Loader(images))
+    averaged, turned = cache.get_or_extract("enc", 0, encoder, SIZE, "set-a", len(images), Loader(images),
+                                            dihedral=True)
+    assert turned.key != base.key and not turned.hit
+    assert not np.allclose(plain, averaged)
+    again, entry = cache.get_or_extract("enc", 0, encoder, SIZE, "set-a", len(images), Loader(images), dihedral=True)
+    assert entry.hit and np.array_equal(again, averaged)

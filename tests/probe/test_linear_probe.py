@@ -76,3 +76,28 @@ def test_extract_features_eval_mode_batch_invariant_and_normalised():
     np.testing.assert_allclose(feats[:1], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         extract_features(encoder, images[:, None])
+
+
+def test_dihedral_features_are_invariant_to_rotations_and_flips_and_are_the_mean_of_eight():
+    import torch
+
+    from nanomorph.models.encoder import normalise, random_encoder
+    from nanomorph.probe.features import extract_features
+
+    encoder = random_encoder("resnet18", seed=0)
+    images = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
+    plain = extract_features(encoder, images, stages=("layer3", "layer4"))
+    averaged = extract_features(encoder, images, stages=("layer3", "layer4"), dihedral=True)
+    turned = extract_features(encoder, np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2))),
+                              stages=("layer3", "layer4"), dihedral=True)
+    flipped = extract_features(encoder, np.ascontiguousarray(images[:, :, ::-1]), stages=("layer3", "layer4"),
+                               dihedral=True)
+    np.testing.assert_allclose(turned, averaged, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flipped, averaged, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(plain, averaged, atol=1e-3)  # a random CNN is not invariant by itself
+    x = torch.from_numpy(images).unsqueeze(1)
+    views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+    encoder.eval()
+    with torch.no_grad():
+        expected = torch.stack([encoder.pooled_stages(normalise(v), ("layer3", "layer4")) for v in views]).mean(0)
+    np.testing.assert_allclose(averaged, expected.numpy(), rtol=1e-4, atol=1e-5)

@@ -125,3 +125,43 @@ def test_validation_part_is_scored_and_never_trained_on():
         rows = df[df.n == n]
         assert sorted(rows[rows.split == "validation"].image_index) == sorted(val_idx.tolist())
         assert sorted(rows[rows.split == "test"].image_index) == sorted(test_idx.tolist())
+
+
+def test_random_crops_cut_the_same_window_from_image_and_mask():
+    from nanomorph.segment.train import random_crops
+
+    x = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
+    y = x.clone()
+    gen = torch.Generator().manual_seed(0)
+    cx, cy = random_crops(x, y, 32, gen)
+    assert cx.shape == cy.shape == (2, 1, 32, 32)
+    assert torch.equal(cx, cy)
+    for image, crop in zip(x, cx):  # each crop is a contiguous window of its own image
+        top, left = divmod(int(crop[0, 0, 0] - image[0, 0, 0]), 64)
+        assert torch.equal(crop, image[..., top : top + 32, left : left + 32])
+    with pytest.raises(ValueError):
+        random_crops(x, y, 96, gen)
+
+
+def test_crop_training_learns_and_predicts_whole_images():
+    images, masks = _squares(8, seed=0, side=64)
+    test_images, test_masks = _squares(6, seed=1, side=64)
+    model = seeded_unet(ARCH, random_encoder(ARCH, seed=0).resnet_state_dict(), True, init_seed=0)
+    before = _mean_dice(model, test_images, test_masks)
+    train_segmenter(model, images, masks, steps=120, lr=1e-2, batch_size=4, seed=0, crop_size=32)
+    assert predict_masks(model, test_images).shape == test_masks.shape
+    after = _mean_dice(model, test_images, test_masks)
+    assert after > 0.7 and after > before + 0.3
+    with pytest.raises(ValueError, match="multiple of 32"):
+        train_segmenter(model, images, masks, steps=1, lr=1e-3, batch_size=4, seed=0, crop_size=40)
+
+
+def test_encoder_lr_fine_tunes_the_encoder_but_keeps_its_batchnorm_statistics():
+    images, masks = _squares(4, seed=0)
+    state = random_encoder(ARCH, 3).resnet_state_dict()
+    model = seeded_unet(ARCH, state, freeze_encoder=False, init_seed=0)
+    weights_before = model.encoder.layer1[0].conv1.weight.detach().clone()
+    stats_before = model.encoder.bn1.running_mean.clone()
+    train_segmenter(model, images, masks, steps=3, lr=1e-3, batch_size=2, seed=0, encoder_lr=1e-4)
+    assert not torch.equal(model.encoder.layer1[0].conv1.weight, weights_before)
+    assert torch.equal(model.encoder.bn1.running_mean, stats_before)

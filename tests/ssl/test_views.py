@@ -57,3 +57,52 @@ def test_crop_covers_a_quarter_to_half_of_the_side():
 def test_rejects_invalid_crop_side():
     with pytest.raises(ValueError):
         make_view_transform(32, crop_side=(0.5, 0.25))
+
+
+def _orientations(views: torch.Tensor, image: torch.Tensor) -> set[int]:
+    """Which of the 8 symmetries of `image` (k quarter turns, then a left-right flip: 4 * flip + k) each view is."""
+    found = set()
+    for view in views:
+        for flip in (0, 1):
+            for k in range(4):
+                candidate = torch.rot90(image, k, dims=(-2, -1))
+                candidate = candidate.flip(-1) if flip else candidate
+                if torch.allclose(view, candidate):
+                    found.add(4 * flip + k)
+    return found
+
+
+def test_dihedral_views_reach_all_eight_symmetries_and_the_paper_views_only_two():
+    # Full-side crops and no jitter: a view is then exactly the image under some symmetry of the square.
+    image = torch.zeros(1, 16, 16)
+    image[0, 2, 3:9] = 1.0  # an L-shaped mark, different under each of the 8 symmetries
+    image[0, 2:12, 3] = 1.0
+    batch = image.expand(64, 1, 16, 16).clone()
+    torch.manual_seed(0)
+    paper, _ = two_views(batch, make_view_transform(16, crop_side=(1.0, 1.0), jitter_p=0.0))
+    torch.manual_seed(0)
+    em, _ = two_views(batch, make_view_transform(16, crop_side=(1.0, 1.0), jitter_p=0.0, dihedral=True))
+    assert _orientations(paper, image) == {0, 4}
+    assert _orientations(em, image) == set(range(8))
+
+
+def test_blur_and_noise_change_the_views_and_stay_in_range():
+    batch = torch.rand(8, 1, 32, 32)
+    torch.manual_seed(3)
+    plain, _ = two_views(batch, make_view_transform(32, crop_side=(1.0, 1.0), flip_p=0.0, jitter_p=0.0))
+    torch.manual_seed(3)
+    blurred, _ = two_views(batch, make_view_transform(32, crop_side=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                                                      blur_p=1.0, blur_sigma=2.0))
+    # Blur removes pixel-to-pixel variation of a white-noise image.
+    assert blurred.diff(dim=-1).abs().mean() < 0.7 * plain.diff(dim=-1).abs().mean()
+    torch.manual_seed(3)
+    noisy, _ = two_views(batch, make_view_transform(32, crop_side=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                                                    noise_std=0.2))
+    assert not torch.allclose(noisy, plain)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+
+
+@pytest.mark.parametrize("kwargs", [{"blur_p": 1.5}, {"blur_sigma": 0.0}, {"noise_std": -0.1}])
+def test_bad_augmentation_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        make_view_transform(32, **kwargs)

@@ -74,11 +74,13 @@ class FeatureCache:
 
     @staticmethod
     def key(encoder_hash: str, image_size: int, image_set_hash: str,
-            stages: tuple[str, ...] = ("layer4",)) -> dict[str, str | int]:
+            stages: tuple[str, ...] = ("layer4",), dihedral: bool = False) -> dict[str, str | int]:
         parts: dict[str, str | int] = {"encoder": encoder_hash, "image_size": int(image_size),
                                        "image_set": image_set_hash, "extractor": extractor_fingerprint()}
         if tuple(stages) != ("layer4",):  # the default keeps the keys of caches written before stages existed
             parts["stages"] = ",".join(stages)
+        if dihedral:
+            parts["dihedral"] = 1
         parts["key"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         return parts
 
@@ -103,12 +105,13 @@ class FeatureCache:
     def get_or_extract(self, name: str, encoder_seed: int, encoder: nn.Module, image_size: int,
                        image_set_hash: str, n_images: int, load_images: Callable[[], np.ndarray],
                        batch_size: int = 64, device: str = "cpu", progress: bool = False,
-                       stages: tuple[str, ...] = ("layer4",)) -> tuple[np.ndarray, CacheEntry]:
+                       stages: tuple[str, ...] = ("layer4",), dihedral: bool = False
+                       ) -> tuple[np.ndarray, CacheEntry]:
         """Cached features of `encoder` on the image set, extracting (and storing) them on a miss.
 
         `load_images` is called only on a miss, so a fully cached run never decodes an image.
         """
-        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash, stages)
+        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash, stages, dihedral)
         array_path, meta_path = self._paths(name, encoder_seed, str(parts["key"]))
         features = self.lookup(name, encoder_seed, parts, n_images)
         hit = features is not None
@@ -117,7 +120,7 @@ class FeatureCache:
             if len(images) != n_images or images.shape[1:] != (image_size, image_size):
                 raise ValueError(f"expected {n_images} images of {image_size} px, got shape {images.shape}")
             features = extract_features(encoder, images, batch_size=batch_size, device=device, progress=progress,
-                                        stages=stages)
+                                        stages=stages, dihedral=dihedral)
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = array_path.with_name(array_path.name + ".tmp")
             with open(tmp, "wb") as handle:

@@ -19,6 +19,12 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32, copy=False)
 
 
+def dihedral_views(batch: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images of a (B, C, H, W) batch under the symmetries of the square: 4 quarter turns, with and
+    without a left-right flip (quarter turns swap H and W; globally pooled features do not mind)."""
+    return [torch.rot90(view, k, dims=(-2, -1)) for view in (batch, batch.flip(-1)) for k in range(4)]
+
+
 def extract_features(
     encoder: nn.Module,
     images: np.ndarray,
@@ -26,11 +32,15 @@ def extract_features(
     device: str | torch.device = "cpu",
     progress: bool = False,
     stages: tuple[str, ...] = ("layer4",),
+    dihedral: bool = False,
 ) -> np.ndarray:
     """Global-average-pooled features (N, D) float32 of (N, H, W) [0, 1] images.
 
     `stages`: the residual stages whose pooled outputs are concatenated (`ResNetEncoder.pooled_stages`);
     the default, the last stage alone, is the encoder's own output.
+    `dihedral`: average each image's features over its 8 rotations/flips (the symmetries of the square).
+    A micrograph's morphology does not depend on its orientation, but a CNN's features do; the average is
+    exactly invariant, so a few-shot probe need not learn the invariance from its few labels.
 
     The encoder runs in eval mode so BatchNorm uses its running statistics: a row's features then do not
     depend on which other images share its batch. The encoder's previous train/eval mode is restored.
@@ -46,8 +56,9 @@ def extract_features(
         with torch.no_grad():
             starts = range(0, len(images), batch_size)
             for start in tqdm(starts, desc="features", disable=not progress, leave=False):
-                batch = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1).to(device)
-                feats = encoder.pooled_stages(normalise(batch), tuple(stages))
+                batch = normalise(torch.from_numpy(images[start : start + batch_size]).unsqueeze(1).to(device))
+                views = dihedral_views(batch) if dihedral else [batch]
+                feats = sum(encoder.pooled_stages(v, tuple(stages)) for v in views) / len(views)
                 chunks.append(feats.reshape(len(batch), -1).float().cpu().numpy())
     finally:
         encoder.train(was_training)

@@ -105,6 +105,9 @@ def segmentation_sweep(
     classical: Sequence[str] = (),
     object_min_size: int = 4,
     steps: int | None = None,
+    crop_size: int | None = None,
+    encoder_lr: float | None = None,
+    dihedral: bool = False,
 ) -> pd.DataFrame:
     """Rows (encoder, seed, n, split, image_index, dice, iou): one per validation or test image per
     (encoder, seed, n) run.
@@ -114,7 +117,7 @@ def segmentation_sweep(
     identically for every encoder. `on_run`, when given, receives every finished run (model and test
     predictions included), e.g. to keep the predictions of some runs for further analysis.
     `steps`, when given, trains every run for that many optimiser steps (whatever n) instead of
-    `epochs_for(n)` epochs.
+    `epochs_for(n)` epochs. `crop_size` and `encoder_lr` go to `train_segmenter`, `dihedral` to `predict_masks`.
     `classical` names classical segmenters (nanomorph.segment.classical) fitted on the same training images of
     every (seed, n) and scored on the same validation and test images; their rows carry the method's name in
     `encoder` (they reach `on_run` with `model=None`).
@@ -143,13 +146,14 @@ def segmentation_sweep(
         model = seeded_unet(arch, encoder_states[name], freeze_encoder, init_seed=seed)
         train_segmenter(
             model, images[fit_idx], masks[fit_idx], epochs=None if steps else epochs_for(n), steps=steps, lr=lr,
-            batch_size=batch_size,
-            seed=seed, device=device,
+            batch_size=batch_size, seed=seed, device=device, crop_size=crop_size, encoder_lr=encoder_lr,
         )
         if len(val_idx):
-            val_pred = predict_masks(model, images[val_idx], batch_size=max(batch_size, 8), device=device)
+            val_pred = predict_masks(model, images[val_idx], batch_size=max(batch_size, 8), device=device,
+                                     dihedral=dihedral)
             rows.extend(_score_rows(name, seed, n, "validation", val_idx, val_pred, masks))
-        pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device)
+        pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device,
+                             dihedral=dihedral)
         rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
         if on_run is not None:
             on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))

@@ -51,6 +51,23 @@ def random_dihedral(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> t
     return torch.stack(xs), torch.stack(ys)
 
 
+def random_crops(x: torch.Tensor, y: torch.Tensor, side: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One `side` x `side` window per (image, mask) pair at a uniformly drawn position, the same for both.
+
+    Training on native-resolution windows keeps thin wires a few pixels wide (downsampling a whole image to the
+    training size would thin them below a pixel) at the cost of one window's pixels per step; the fully
+    convolutional U-Net then predicts whole images at inference.
+    """
+    h, w = x.shape[-2:]
+    if side > min(h, w):
+        raise ValueError(f"crop side {side} exceeds the {h}x{w} training images")
+    tops = torch.randint(0, h - side + 1, (len(x),), generator=gen).tolist()
+    lefts = torch.randint(0, w - side + 1, (len(x),), generator=gen).tolist()
+    xs = [xi[..., t : t + side, l : l + side] for xi, t, l in zip(x, tops, lefts)]
+    ys = [yi[..., t : t + side, l : l + side] for yi, t, l in zip(y, tops, lefts)]
+    return torch.stack(xs), torch.stack(ys)
+
+
 def _batches(n_items: int, batch_size: int, epochs: int | None, steps: int | None,
              gen: torch.Generator) -> list[torch.Tensor]:
     """Index batches: `epochs` passes over freshly shuffled items, or `steps` batches of min(batch_size,
@@ -77,11 +94,17 @@ def train_segmenter(
     seed: int,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    crop_size: int | None = None,
+    encoder_lr: float | None = None,
 ) -> smp.Unet:
     """Train `model` in place with Adam on its trainable parameters and binary dice loss; returns it.
 
     Length: `epochs` passes over the images, or a fixed number of optimiser `steps` whatever their number.
-    Every batch is augmented by `random_dihedral` (the 8 rotations/flips of the square).
+    Every batch is augmented by `random_dihedral` (the 8 rotations/flips of the square); with `crop_size`, each
+    image of a batch is first cut to a random window of that side (`random_crops`, a multiple of 32).
+    `encoder_lr`, when given, is the learning rate of the encoder's trainable parameters (partial unfreezing:
+    a pretrained encoder adapts slowly while the fresh decoder learns at `lr`); its BatchNorm statistics stay
+    fixed then too, as a few images' batch statistics would overwrite the pretrained ones.
 
     A frozen encoder (no parameter requiring grad, as `build_unet(freeze_encoder=True)` leaves it) is
     kept in eval mode so its BatchNorm statistics are not updated either. Shuffling and flips draw from
@@ -94,18 +117,28 @@ def train_segmenter(
     if masks.shape != tuple(x_all.shape[:1]) + tuple(x_all.shape[2:]):
         raise ValueError(f"masks {masks.shape} do not match images {tuple(images.shape)}")
     y_all = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
+    if crop_size is not None and (crop_size < _SIDE_MULTIPLE or crop_size % _SIDE_MULTIPLE):
+        raise ValueError(f"crop_size must be a positive multiple of {_SIDE_MULTIPLE}, got {crop_size}")
     params = trainable_parameters(model)
     if not params:
         raise ValueError("model has no trainable parameters")
     frozen = _encoder_frozen(model)
     model.to(device)
-    optimiser = torch.optim.Adam(params, lr=lr)
+    encoder_params = {id(q) for q in model.encoder.parameters()}
+    groups = [{"params": [q for q in params if id(q) not in encoder_params], "lr": lr}]
+    trunk = [q for q in params if id(q) in encoder_params]
+    if trunk:
+        groups.append({"params": trunk, "lr": lr if encoder_lr is None else encoder_lr})
+    optimiser = torch.optim.Adam(groups, lr=lr)
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
     gen = torch.Generator().manual_seed(seed)
-    set_train_mode(model, frozen)
+    set_train_mode(model, frozen or encoder_lr is not None)
     for idx in tqdm(_batches(len(x_all), batch_size, epochs, steps, gen), desc="segment steps",
                     disable=not progress, leave=False):
-        x, y = random_dihedral(x_all[idx], y_all[idx], gen)
+        x, y = x_all[idx], y_all[idx]
+        if crop_size is not None:
+            x, y = random_crops(x, y, crop_size, gen)
+        x, y = random_dihedral(x, y, gen)
         optimiser.zero_grad(set_to_none=True)
         loss = loss_fn(model(x.to(device)), y.to(device))
         loss.backward()
@@ -114,10 +147,25 @@ def train_segmenter(
     return model
 
 
+def _dihedral_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid map over the 8 symmetries of the square: each turned/flipped input's prediction is turned
+    back before averaging, so the map is exactly equivariant and an orientation-dependent error averages out."""
+    total = torch.zeros_like(x)
+    for flip in (False, True):
+        xf = x.flip(-1) if flip else x
+        for k in range(4):
+            prob = torch.rot90(torch.sigmoid(model(torch.rot90(xf, k, dims=(-2, -1)))), -k, dims=(-2, -1))
+            total += prob.flip(-1) if flip else prob
+    return total / 8
+
+
 def predict_probabilities(
-    model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu"
+    model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
+    dihedral: bool = False,
 ) -> np.ndarray:
     """Float32 (N, H, W) sigmoid(logit) maps, without gradients; leaves the model in eval mode.
+
+    `dihedral`: the mean map over the image's 8 rotations/flips (`_dihedral_mean`; 8 forward passes).
 
     (Eval mode is not undone afterwards: a blanket model.train() would also unfreeze a frozen encoder's
     BatchNorm; `train_segmenter` sets the right modes itself.)
@@ -128,8 +176,9 @@ def predict_probabilities(
     out = []
     with torch.no_grad():
         for start in range(0, len(x_all), batch_size):
-            logits = model(x_all[start : start + batch_size].to(device))
-            out.append(torch.sigmoid(logits).squeeze(1).float().cpu().numpy())
+            x = x_all[start : start + batch_size].to(device)
+            prob = _dihedral_mean(model, x) if dihedral else torch.sigmoid(model(x))
+            out.append(prob.squeeze(1).float().cpu().numpy())
     if not out:
         return np.zeros((0, *x_all.shape[2:]), dtype=np.float32)
     return np.concatenate(out)
@@ -137,7 +186,7 @@ def predict_probabilities(
 
 def predict_masks(
     model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
-    threshold: float = 0.5,
+    threshold: float = 0.5, dihedral: bool = False,
 ) -> np.ndarray:
     """Boolean (N, H, W) masks: `predict_probabilities` > threshold (0.5: the logit's sign)."""
-    return predict_probabilities(model, images, batch_size, device) > threshold
+    return predict_probabilities(model, images, batch_size, device, dihedral) > threshold

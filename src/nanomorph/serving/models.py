@@ -58,6 +58,7 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
         self.image_size = int(config["image_size"])
         # Models logged before feature stages existed pooled the last stage alone.
         self.stages = tuple(config.get("stages", ("layer4",)))
+        self.dihedral = bool(config.get("dihedral", False))
         self.encoder, _meta = load_encoder(artifacts["encoder"])
         self.encoder.eval()
         self.probe = load_probe(artifacts["probe"])
@@ -71,7 +72,8 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
         stack = np.zeros((len(images), self.image_size, self.image_size), dtype=np.float32)
         for k, image in enumerate(images):
             stack[k] = resize_for_model(image, self.image_size)
-        return extract_features(self.encoder, stack, batch_size=64, device=self.device, stages=self.stages)
+        return extract_features(self.encoder, stack, batch_size=64, device=self.device, stages=self.stages,
+                                  dihedral=self.dihedral)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
@@ -97,6 +99,7 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
         self.eps = float(config["percolation_eps"])
         self.min_samples = int(config["percolation_min_samples"])
         self.object_min_size = int(config["object_min_size"])
+        self.dihedral = bool(config.get("dihedral", False))  # absent in models logged before it existed
         self.unet = build_unet(config["arch"], encoder_state=None, freeze_encoder=False)
         self.unet.load_state_dict(torch.load(artifacts["unet"], map_location="cpu", weights_only=True), strict=True)
         self.unet.eval()
@@ -116,7 +119,7 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
             return [tiled_mask(self.unet, np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0),
                                device=self.device) for image in images]
         stack = np.stack([resize_for_model(image, self.image_size) for image in images])
-        small = predict_masks(self.unet, stack, batch_size=8, device=self.device)
+        small = predict_masks(self.unet, stack, batch_size=8, device=self.device, dihedral=self.dihedral)
         return [resize_mask(m, image.shape) for m, image in zip(small, images)]
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -85,10 +85,11 @@ def _log(name: str, code_file: Path, artifacts: dict[str, str], model, params: d
 
 
 def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int, encoder_name: str,
-                   name: str = "classifier", stages: tuple[str, ...] = ("layer4",)) -> ModelInfo:
+                   name: str = "classifier", stages: tuple[str, ...] = ("layer4",),
+                   dihedral: bool = False) -> ModelInfo:
     """Log the classifier (encoder checkpoint + skops probe + config) as a pyfunc model; returns its ModelInfo.
 
-    `image_size` and `stages` say how the probe's features were extracted (`extract_features`)."""
+    `image_size`, `stages` and `dihedral` say how the probe's features were extracted (`extract_features`)."""
     import skops.io
 
     with tempfile.TemporaryDirectory(prefix="nanomorph-classifier-") as tmp:
@@ -98,7 +99,7 @@ def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps({
             "classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
-            "stages": list(stages),
+            "stages": list(stages), "dihedral": bool(dihedral),
         }, indent=2))
         encoder_copy = workdir / "encoder.pt"
         shutil.copy2(encoder_path, encoder_copy)
@@ -108,8 +109,10 @@ def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int
 
 
 def log_segmenter(unet: nn.Module, *, arch: str, image_size: int, encoder_name: str, object_min_size: int,
-                  name: str = "segmenter") -> ModelInfo:
+                  name: str = "segmenter", dihedral: bool = False) -> ModelInfo:
     """Log the U-Net (state dict + config) as a pyfunc model; returns its ModelInfo.
+
+    `dihedral`: whole-image predictions are the mean over the 8 rotations/flips (as the segment stage scored).
 
     `object_min_size`: components of a predicted mask with fewer pixels are noise, not counted as objects.
     """
@@ -121,7 +124,7 @@ def log_segmenter(unet: nn.Module, *, arch: str, image_size: int, encoder_name: 
         config_path.write_text(json.dumps({
             "arch": arch, "image_size": int(image_size), "encoder": encoder_name,
             "percolation_eps": PERCOLATION_EPS, "percolation_min_samples": PERCOLATION_MIN_SAMPLES,
-            "object_min_size": int(object_min_size),
+            "object_min_size": int(object_min_size), "dihedral": bool(dihedral),
         }, indent=2))
         artifacts = {"unet": str(weights), "config": str(config_path)}
         return _log(name, SERVING_DIR / "segmenter_code.py", artifacts, NanowireSegmenter(),

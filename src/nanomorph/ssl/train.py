@@ -525,6 +525,10 @@ def pretrain(
     seed: int,
     checkpoint_path: Path | None,
     checkpoint_every: int,
+    dihedral: bool = False,
+    blur_p: float = 0.0,
+    blur_sigma: float = 1.5,
+    noise_std: float = 0.0,
     device: str = "cpu",
     log_fn: LogFn | None = None,
     progress: bool = True,
@@ -566,12 +570,14 @@ agree to float rounding): True for its default backend (inductor), or a backend'
         "warmup_epochs": warmup_epochs, "temperature": temperature, "lambd": lambd,
         "projector_dims": list(projector_dims), "crop_side": list(crop_side), "flip_p": flip_p,
         "jitter_p": jitter_p, "brightness": brightness, "contrast": contrast, "seed": seed,
+        "dihedral": dihedral, "blur_p": blur_p, "blur_sigma": blur_sigma, "noise_std": noise_std,
         "data_sha256": hashlib.sha256(data.numpy().data).hexdigest(),
     }
     _agree_across_ranks(run_config, ranks)
     model = _build_model(arch, projector_dims, seed, dev, optimizer, lr, momentum, weight_decay,
                          warmup_epochs * steps_per_epoch, total_steps)
-    transform = make_view_transform(image_size, crop_side, flip_p, jitter_p, brightness, contrast)
+    transform = make_view_transform(image_size, crop_side, flip_p, jitter_p, brightness, contrast, dihedral,
+                                    blur_p, blur_sigma, noise_std)
 
     step, history, sums = 0, [], _empty_sums()  # sums: running totals of the current epoch
     blob = _load_checkpoint(checkpoint_path, ranks)

@@ -160,6 +160,7 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
                 weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, temperature=p.temperature,
                 lambd=p.lambd, projector_dims=p.projector_dims, crop_side=p.crop_side, flip_p=p.flip_p,
                 jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
+                dihedral=p.dihedral, blur_p=p.blur_p, blur_sigma=p.blur_sigma, noise_std=p.noise_std,
                 checkpoint_path=ckpt, checkpoint_every=p.checkpoint_every, device=process.device,
                 accumulate_steps=p.accumulate_steps, compile_model=p.compile,
                 log_fn=(lambda metrics, step: mlflow.log_metrics(metrics, step=step)) if process.main else None,

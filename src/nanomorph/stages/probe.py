@@ -187,7 +187,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
             with torch.no_grad():
                 features, entry = cache.get_or_extract(name, pt.seed, encoder, pr.feature_size, image_set, len(rows),
                                                        load_images, device=device, progress=True,
-                                                       stages=pr.feature_stages)
+                                                       stages=pr.feature_stages, dihedral=pr.feature_dihedral)
             feature_sets[(name, pt.seed)] = features
             entries.append(entry)
         cache.write_index(entries)

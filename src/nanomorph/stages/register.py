@@ -211,7 +211,8 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
     train_labels = train_rows["label"].to_numpy(dtype=str)
     images = load_image_stack([Path(p) for p in train_rows["path"]], pr.feature_size)
     encoders = {name: resolve_encoder(name, pt.arch, pt.seed) for name in pr.encoders if name not in BASELINES}
-    features = {name: extract_features(model, images, batch_size=64, device=device, stages=pr.feature_stages)
+    features = {name: extract_features(model, images, batch_size=64, device=device, stages=pr.feature_stages,
+                                       dihedral=pr.feature_dihedral)
                 for name, model in encoders.items()}
     choice = choose_encoder(features, train_labels, folds=rg.cv_folds, C=pr.C, tol=pr.tol, max_iter=pr.max_iter,
                             seed=rg.seed)
@@ -227,6 +228,7 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
                            "segment.lr": sg.lr, "segment.epochs": sg.epochs_for(len(seg_train)),
                            "segment.steps": sg.steps, "probe.feature_size": pr.feature_size,
                            "probe.feature_stages": ",".join(pr.feature_stages),
+                           "probe.feature_dihedral": pr.feature_dihedral,
                            "train_images": len(train_rows), "eval_images": len(eval_rows), "eval_split": eval_hash})
         client = MlflowClient()
 
@@ -234,7 +236,7 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         probe = fit_linear_probe(features[encoder_name], train_labels, C=pr.C, max_iter=pr.max_iter, seed=rg.seed,
                                  tol=pr.tol)
         classifier_info = log_classifier(encoder_path, probe, image_size=pr.feature_size, encoder_name=encoder_name,
-                                         stages=pr.feature_stages)
+                                         stages=pr.feature_stages, dihedral=pr.feature_dihedral)
         eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
         classical_classifier = classical_classifier_score(
             images, train_labels, eval_paths, eval_labels, size=pr.feature_size,
@@ -252,9 +254,9 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         seg_masks = load_mask_stack([Path(p) for p in seg_train["mask_path"]], sg.image_size)
         unet = train_unet(encoder.resnet_state_dict(), seg_images, seg_masks, arch=pt.arch, epochs=epochs, lr=sg.lr,
                           batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, seed=rg.seed, device=device,
-                          progress=True, steps=sg.steps)
+                          progress=True, steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr)
         segmenter_info = log_segmenter(unet, arch=pt.arch, image_size=sg.image_size, encoder_name=encoder_name,
-                                       object_min_size=sg.object_min_size)
+                                       object_min_size=sg.object_min_size, dihedral=sg.dihedral)
         seg_eval_paths, seg_eval_masks = seg_eval["path"].tolist(), seg_eval["mask_path"].tolist()
         classical_segmenter = classical_segmenter_scores(sg.classical, seg_images, seg_masks, seg_eval_paths,
                                                          seg_eval_masks, sg.object_min_size)

@@ -141,7 +141,8 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             seeds=[sg.seed + k for k in range(sg.seeds)], test_fraction=rule, lr=sg.lr,
             batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, validation_fraction=sg.validation_fraction,
             strata=labels, device=best_device(), on_run=kept, classical=sg.classical,
-            object_min_size=sg.object_min_size, steps=sg.steps,
+            object_min_size=sg.object_min_size, steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
+            dihedral=sg.dihedral,
         )
         scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
         validation = scored[scored["split"] == "validation"]

@@ -1,0 +1,49 @@
+"""Tuning study, step 1: pretrain Barlow Twins / SimCLR under view variants on TUNING data (generator seed 1).
+
+The default data under generator seed 1 (the report shows seed 0): 384 generic EM images + the 400 nanowire
+images (unlabelled), decoded at 128 px, pretrained with the cpu profile's settings except the views given per
+spec `method:views[:lo-hi]` -- views `paper` (the paper's crop + h-flip + jitter), `d4` (+ vertical flip and
+quarter turns), `em` (d4 + blur p 0.5 sigma <= 1.5 + noise std <= 0.1); `lo-hi` the crop side fraction.
+Encoders go to WORK/<method>-<views><lo-hi>.pt; the stacks to WORK/stacks.npz for readouts.py.
+
+    python benchmarks/tune_views/pretrain_variants.py WORK barlow_twins:paper barlow_twins:paper:0.5-1.0
+"""
+import sys, time, warnings, tempfile
+from pathlib import Path
+import numpy as np, torch
+from nanomorph.config import load_config
+from nanomorph.data.io import load_image_stack
+from nanomorph.data.layout import find_images, find_nanowire_dataset
+from nanomorph.data.synthetic import write_generic_em_dataset, write_nanowire_dataset
+from nanomorph.models.encoder import save_encoder
+from nanomorph.ssl.train import pretrain
+
+out = Path(sys.argv.pop(1)); seed = 1  # tuning generator seed (the report: 0)
+cfg = load_config("params.yaml", "cpu"); d, p = cfg.data, cfg.pretrain
+if not (out / "stacks.npz").exists():
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_generic_em_dataset(work / "generic", d.generic_images, d.generic_size, seed, progress=False)
+        write_nanowire_dataset(work / "nanowires", d.classes, d.images_per_class, d.image_size, seed, progress=False)
+        generic = load_image_stack(find_images(work / "generic"), p.source_size)
+        samples = find_nanowire_dataset(work / "nanowires", d.classes)
+        paths = [s.image for s in samples]
+        np.savez(out / "stacks.npz", generic=generic, task=load_image_stack(paths, p.source_size),
+                 labels=np.array([s.label for s in samples]), t64=load_image_stack(paths, 64),
+                 masks_dummy=np.zeros(1))
+z = np.load(out / "stacks.npz")
+images = np.concatenate([z["generic"], z["task"]])
+VIEWS = {"paper": {}, "d4": dict(dihedral=True), "em": dict(dihedral=True, blur_p=0.5, blur_sigma=1.5, noise_std=0.1)}
+for spec in sys.argv[1:]:
+    method, views, *crop = spec.split(":")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = pretrain(images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size,
+                     epochs=p.epochs, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
+                     weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, temperature=p.temperature,
+                     lambd=p.lambd, projector_dims=p.projector_dims, crop_side=tuple(float(c) for c in crop[0].split("-")) if crop else p.crop_side, flip_p=p.flip_p,
+                     jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
+                     checkpoint_path=None, checkpoint_every=0, progress=False, **VIEWS[views])
+    save_encoder(out / f"{method}-{views}{crop[0] if crop else ''}.pt", r.encoder, {})
+    print(spec, f"{time.perf_counter()-t0:.0f}s", r.history[-1], flush=True)
