@@ -14,13 +14,15 @@ def test_every_profile_of_the_shipped_params_resolves(profile):
     cfg = load_config(ROOT / "params.yaml", profile=profile)
     assert cfg.profile == profile
     assert cfg.pretrain.temperature == 0.1 and cfg.pretrain.lambd == 0.005
-    assert cfg.pretrain.crop_side == (0.25, 0.5)
+    lo, hi = cfg.pretrain.crop_side
+    assert 0 < lo <= hi <= 1
 
 
 def test_paper_profile_uses_the_paper_sizes():
     cfg = load_config(ROOT / "params.yaml", profile="paper")
     assert (cfg.pretrain.arch, cfg.pretrain.image_size, cfg.pretrain.batch_size, cfg.pretrain.epochs) == (
         "resnet50", 224, 64, 200)
+    assert cfg.pretrain.crop_side == (0.25, 0.5)  # the paper's 25-50 % of the side
     assert cfg.probe.labels_per_class == (1, 2, 4, 8, 16, 32, 80) and cfg.probe.split_seeds == 20
     assert [cfg.segment.epochs_for(n) for n in cfg.segment.train_sizes] == [120, 120, 120, 60, 40, 30, 20]
 
