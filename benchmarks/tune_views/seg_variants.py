@@ -41,6 +41,7 @@ V = {  # name: (res, crop, steps, freeze, encoder_lr)
     "128full": (128, None, 200, True, None), "128crop64s400": (128, 64, 400, True, None),
     "128crop64ft": (128, 64, 200, False, 1e-4), "128crop64ft400": (128, 64, 400, False, 1e-4),
     "128crop96": (128, 96, 200, True, None), "128crop64s800": (128, 64, 800, True, None),
+    "128crop64s400bce": (128, 64, 400, True, None, "dice+bce"),
 }
 rows = []
 for seed in seeds:
@@ -53,10 +54,11 @@ for seed in seeds:
                 seg = fit_classical(method, z[f"i{res}"][fit], z[f"m{res}"][fit], min_size=4)
                 pred = seg.predict(z[f"i{res}"][te])
             else:
-                res, crop, steps, freeze, elr = V[v]
+                res, crop, steps, freeze, elr, *loss = V[v]
                 model = seeded_unet("resnet18", state, freeze, init_seed=seed)
                 train_segmenter(model, z[f"i{res}"][fit], z[f"m{res}"][fit], steps=steps, lr=1e-3, batch_size=4,
-                                seed=seed, crop_size=crop, encoder_lr=elr)
+                                seed=seed, crop_size=crop, encoder_lr=elr,
+                                loss=loss[0] if loss else "dice")
                 pred = predict_masks(model, z[f"i{res}"][te])
                 d = [dice_iou(p, z[f"m{res}"][i])[0] for p, i in zip(pred, te)]
                 rows.append({"enc": enc_name, "variant": v + "-plain", "seed": seed, "n": n, "dice": float(np.median(d))})

@@ -205,6 +205,7 @@ class SegmentConfig:
     crop_size: int | None = None  # train on random windows of this side (native resolution); None: whole images
     encoder_lr: float | None = None  # with freeze_encoder false: the encoder's own lr (BatchNorm kept fixed)
     dihedral: bool = False       # predict as the mean over the 8 rotations/flips of each image
+    loss: str = "dice"           # dice | dice+bce (nanomorph.segment.train.segmentation_loss)
 
     def epochs_for(self, n: int) -> int:
         """Paper epochs for the nearest listed training-set size, scaled by the profile (at least 1)."""

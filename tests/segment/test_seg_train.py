@@ -165,3 +165,24 @@ def test_encoder_lr_fine_tunes_the_encoder_but_keeps_its_batchnorm_statistics():
     train_segmenter(model, images, masks, steps=3, lr=1e-3, batch_size=2, seed=0, encoder_lr=1e-4)
     assert not torch.equal(model.encoder.layer1[0].conv1.weight, weights_before)
     assert torch.equal(model.encoder.bn1.running_mean, stats_before)
+
+
+def test_dice_plus_bce_adds_the_pixel_cross_entropy_and_unknown_losses_are_refused():
+    import segmentation_models_pytorch as smp
+
+    from nanomorph.segment.train import segmentation_loss
+
+    logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    target = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.7).float()
+    dice = smp.losses.DiceLoss(mode="binary", from_logits=True)(logits, target)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(segmentation_loss("dice")(logits, target), dice)
+    assert torch.allclose(segmentation_loss("dice+bce")(logits, target), dice + bce)
+    # On an empty-looking prediction of a sparse mask, the cross-entropy term still pushes the wire pixels up.
+    flat = torch.full((1, 1, 8, 8), -4.0, requires_grad=True)
+    sparse = torch.zeros(1, 1, 8, 8)
+    sparse[..., 3, :] = 1
+    segmentation_loss("dice+bce")(flat, sparse).backward()
+    assert (flat.grad[..., 3, :] < 0).all()
+    with pytest.raises(ValueError, match="unknown segmentation loss"):
+        segmentation_loss("focal")

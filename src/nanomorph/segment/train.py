@@ -68,6 +68,22 @@ def random_crops(x: torch.Tensor, y: torch.Tensor, side: int, gen: torch.Generat
     return torch.stack(xs), torch.stack(ys)
 
 
+LOSSES = ("dice", "dice+bce")
+
+
+def segmentation_loss(name: str):
+    """smp's binary dice loss (the paper's), or dice + pixel-wise binary cross-entropy (`dice+bce`): the
+    cross-entropy term keeps a gradient on every pixel, so a run on a few sparse masks cannot settle on
+    predicting nothing, where the dice gradient is weak."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown segmentation loss '{name}' (choose from {', '.join(LOSSES)})")
+    dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    if name == "dice":
+        return dice
+    bce = smp.losses.SoftBCEWithLogitsLoss()
+    return lambda logits, target: dice(logits, target) + bce(logits, target)
+
+
 def _batches(n_items: int, batch_size: int, epochs: int | None, steps: int | None,
              gen: torch.Generator) -> list[torch.Tensor]:
     """Index batches: `epochs` passes over freshly shuffled items, or `steps` batches of min(batch_size,
@@ -96,6 +112,7 @@ def train_segmenter(
     progress: bool = False,
     crop_size: int | None = None,
     encoder_lr: float | None = None,
+    loss: str = "dice",
 ) -> smp.Unet:
     """Train `model` in place with Adam on its trainable parameters and binary dice loss; returns it.
 
@@ -130,7 +147,7 @@ def train_segmenter(
     if trunk:
         groups.append({"params": trunk, "lr": lr if encoder_lr is None else encoder_lr})
     optimiser = torch.optim.Adam(groups, lr=lr)
-    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    loss_fn = segmentation_loss(loss)
     gen = torch.Generator().manual_seed(seed)
     set_train_mode(model, frozen or encoder_lr is not None)
     for idx in tqdm(_batches(len(x_all), batch_size, epochs, steps, gen), desc="segment steps",

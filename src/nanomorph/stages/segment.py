@@ -142,7 +142,7 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, validation_fraction=sg.validation_fraction,
             strata=labels, device=best_device(), on_run=kept, classical=sg.classical,
             object_min_size=sg.object_min_size, steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
-            dihedral=sg.dihedral,
+            dihedral=sg.dihedral, loss=sg.loss,
         )
         scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
         validation = scored[scored["split"] == "validation"]
