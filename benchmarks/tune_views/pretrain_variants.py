@@ -8,15 +8,21 @@ Encoders go to WORK/<method>-<views><lo-hi>.pt; the stacks to WORK/stacks.npz fo
 
     python benchmarks/tune_views/pretrain_variants.py WORK barlow_twins:paper barlow_twins:paper:0.5-1.0
 """
-import sys, time, warnings, tempfile
+import dataclasses
+import sys
+import tempfile
+import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: pretrain_probe_margin
+from pretrain_probe_margin import pretrained_encoder
 from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack
 from nanomorph.data.layout import find_images, find_nanowire_dataset
 from nanomorph.data.synthetic import write_generic_em_dataset, write_nanowire_dataset
 from nanomorph.models.encoder import save_encoder
-from nanomorph.ssl.train import pretrain
 
 out = Path(sys.argv.pop(1)); seed = 1  # tuning generator seed (the report: 0)
 cfg = load_config("params.yaml", "cpu"); d, p = cfg.data, cfg.pretrain
@@ -29,21 +35,18 @@ if not (out / "stacks.npz").exists():
         samples = find_nanowire_dataset(work / "nanowires", d.classes)
         paths = [s.image for s in samples]
         np.savez(out / "stacks.npz", generic=generic, task=load_image_stack(paths, p.source_size),
-                 labels=np.array([s.label for s in samples]), t64=load_image_stack(paths, 64),
-                 masks_dummy=np.zeros(1))
+                 labels=np.array([s.label for s in samples]), t64=load_image_stack(paths, 64))
 z = np.load(out / "stacks.npz")
 images = np.concatenate([z["generic"], z["task"]])
-VIEWS = {"paper": {}, "d4": dict(dihedral=True), "em": dict(dihedral=True, blur_p=0.5, blur_sigma=1.5, noise_std=0.1)}
+# Every variant states all four view options, so none inherits a params.yaml value.
+PAPER = dict(dihedral=False, blur_p=0.0, blur_sigma=1.5, noise_std=0.0)
+VIEWS = {"paper": PAPER, "d4": {**PAPER, "dihedral": True},
+         "em": dict(dihedral=True, blur_p=0.5, blur_sigma=1.5, noise_std=0.1)}
 for spec in sys.argv[1:]:
     method, views, *crop = spec.split(":")
+    crop_side = tuple(float(c) for c in crop[0].split("-")) if crop else (0.25, 0.5)  # default: the paper's
+    variant = dataclasses.replace(cfg, pretrain=dataclasses.replace(p, crop_side=crop_side, **VIEWS[views]))
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = pretrain(images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size,
-                     epochs=p.epochs, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
-                     weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, temperature=p.temperature,
-                     lambd=p.lambd, projector_dims=p.projector_dims, crop_side=tuple(float(c) for c in crop[0].split("-")) if crop else p.crop_side, flip_p=p.flip_p,
-                     jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
-                     checkpoint_path=None, checkpoint_every=0, progress=False, **VIEWS[views])
-    save_encoder(out / f"{method}-{views}{crop[0] if crop else ''}.pt", r.encoder, {})
-    print(spec, f"{time.perf_counter()-t0:.0f}s", r.history[-1], flush=True)
+    encoder, last = pretrained_encoder(images, variant, method, p.seed)
+    save_encoder(out / f"{method}-{views}{crop[0] if crop else ''}.pt", encoder, {})
+    print(spec, f"{time.perf_counter() - t0:.0f}s", last, flush=True)

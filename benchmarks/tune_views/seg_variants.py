@@ -11,7 +11,7 @@ Median test dice of the tuning split (the reported data are never read).
 
 import sys, time, tempfile, json
 from pathlib import Path
-import numpy as np, torch, pandas as pd
+import numpy as np
 from nanomorph.data.io import load_image_stack, load_mask_stack
 from nanomorph.data.layout import find_nanowire_dataset
 from nanomorph.data.synthetic import write_nanowire_dataset
@@ -36,7 +36,7 @@ z = np.load(cache); labels = z["labels"]
 enc_name = sys.argv[1]; variants = sys.argv[2].split(","); sizes = [int(v) for v in sys.argv[3].split(",")]
 seeds = [int(v) for v in sys.argv[4].split(",")] if len(sys.argv) > 4 else [1000]
 state = None if enc_name == "random" else load_encoder(WORK / f"{enc_name}.pt")[0].resnet_state_dict()
-V = {  # name: (res, crop, steps, freeze, encoder_lr)
+V = {  # name: (res, crop, steps, freeze, encoder_lr[, loss]; default loss dice)
     "64full": (64, None, 200, True, None), "128crop64": (128, 64, 200, True, None),
     "128full": (128, None, 200, True, None), "128crop64s400": (128, 64, 400, True, None),
     "128crop64ft": (128, 64, 200, False, 1e-4), "128crop64ft400": (128, 64, 400, False, 1e-4),

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from nanomorph.models.dihedral import SYMMETRIES, turn
 from nanomorph.ssl.views import make_view_transform, two_views
 
 
@@ -60,16 +61,8 @@ def test_rejects_invalid_crop_side():
 
 
 def _orientations(views: torch.Tensor, image: torch.Tensor) -> set[int]:
-    """Which of the 8 symmetries of `image` (k quarter turns, then a left-right flip: 4 * flip + k) each view is."""
-    found = set()
-    for view in views:
-        for flip in (0, 1):
-            for k in range(4):
-                candidate = torch.rot90(image, k, dims=(-2, -1))
-                candidate = candidate.flip(-1) if flip else candidate
-                if torch.allclose(view, candidate):
-                    found.add(4 * flip + k)
-    return found
+    """Which of the 8 symmetries of `image` (`turn(image, flip, k)`, numbered 4 * flip + k) the views are."""
+    return {4 * flip + k for view in views for flip, k in SYMMETRIES if torch.allclose(view, turn(image, flip, k))}
 
 
 def test_dihedral_views_reach_all_eight_symmetries_and_the_paper_views_only_two():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nanomorph.models.dihedral import SYMMETRIES, turn
 from nanomorph.models.encoder import normalise
 
 
@@ -17,12 +18,6 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     if not np.issubdtype(images.dtype, np.floating):
         raise TypeError(f"expected float images in [0, 1], got dtype {images.dtype}")
     return images.astype(np.float32, copy=False)
-
-
-def dihedral_views(batch: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 images of a (B, C, H, W) batch under the symmetries of the square: 4 quarter turns, with and
-    without a left-right flip (quarter turns swap H and W; globally pooled features do not mind)."""
-    return [torch.rot90(view, k, dims=(-2, -1)) for view in (batch, batch.flip(-1)) for k in range(4)]
 
 
 def extract_features(
@@ -57,7 +52,8 @@ def extract_features(
             starts = range(0, len(images), batch_size)
             for start in tqdm(starts, desc="features", disable=not progress, leave=False):
                 batch = normalise(torch.from_numpy(images[start : start + batch_size]).unsqueeze(1).to(device))
-                views = dihedral_views(batch) if dihedral else [batch]
+                # Quarter turns swap H and W of non-square images; globally pooled features do not mind.
+                views = [turn(batch, flip, k) for flip, k in SYMMETRIES] if dihedral else [batch]
                 feats = sum(encoder.pooled_stages(v, tuple(stages)) for v in views) / len(views)
                 chunks.append(feats.reshape(len(batch), -1).float().cpu().numpy())
     finally:

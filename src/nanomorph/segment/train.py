@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nanomorph.models.dihedral import SYMMETRIES, turn, unturn
 from nanomorph.models.encoder import normalise
 from nanomorph.segment.model import set_train_mode, trainable_parameters
 
@@ -114,7 +115,7 @@ def train_segmenter(
     encoder_lr: float | None = None,
     loss: str = "dice",
 ) -> smp.Unet:
-    """Train `model` in place with Adam on its trainable parameters and binary dice loss; returns it.
+    """Train `model` in place with Adam on its trainable parameters and `loss` (`segmentation_loss`); returns it.
 
     Length: `epochs` passes over the images, or a fixed number of optimiser `steps` whatever their number.
     Every batch is augmented by `random_dihedral` (the 8 rotations/flips of the square); with `crop_size`, each
@@ -167,13 +168,7 @@ def train_segmenter(
 def _dihedral_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean sigmoid map over the 8 symmetries of the square: each turned/flipped input's prediction is turned
     back before averaging, so the map is exactly equivariant and an orientation-dependent error averages out."""
-    total = torch.zeros_like(x)
-    for flip in (False, True):
-        xf = x.flip(-1) if flip else x
-        for k in range(4):
-            prob = torch.rot90(torch.sigmoid(model(torch.rot90(xf, k, dims=(-2, -1)))), -k, dims=(-2, -1))
-            total += prob.flip(-1) if flip else prob
-    return total / 8
+    return sum(unturn(torch.sigmoid(model(turn(x, flip, k))), flip, k) for flip, k in SYMMETRIES) / len(SYMMETRIES)
 
 
 def predict_probabilities(

@@ -25,7 +25,7 @@ def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray
                epochs: int | None, lr: float, batch_size: int, freeze_encoder: bool, seed: int, device: str = "cpu",
                progress: bool = False, steps: int | None = None, crop_size: int | None = None,
                encoder_lr: float | None = None, loss: str = "dice") -> smp.Unet:
-    """U-Net with the transferred encoder trained with dice loss (the segment stage's recipe); on CPU, eval mode.
+    """U-Net with the transferred encoder trained with `loss` (the segment stage's recipe); on CPU, eval mode.
 
     `seed` drives the decoder initialisation, the shuffles and the flips.
     """
