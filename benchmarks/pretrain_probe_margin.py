@@ -73,7 +73,8 @@ def pretrained_encoder(images: np.ndarray, cfg, method: str, seed: int):
             projector_dims=p.projector_dims, crop_side=p.crop_side, flip_p=p.flip_p, jitter_p=p.jitter_p,
             brightness=p.brightness, contrast=p.contrast, seed=seed, dihedral=p.dihedral, blur_p=p.blur_p,
             blur_sigma=p.blur_sigma, noise_std=p.noise_std, checkpoint_path=None, checkpoint_every=0,
-            accumulate_steps=p.accumulate_steps, compile_model=p.compile, progress=False,
+            accumulate_steps=p.accumulate_steps, compile_model=p.compile, cpu_bf16=p.cpu_bf16,
+            progress=False,
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
     last = result.history[-1]

@@ -2,9 +2,12 @@
 
 The default data under generator seed 1 (the report shows seed 0): 384 generic EM images + the 400 nanowire
 images (unlabelled), decoded at 128 px, pretrained with the cpu profile's settings except the views given per
-spec `method:views[:lo-hi]` -- views `paper` (the paper's crop + h-flip + jitter), `d4` (+ vertical flip and
-quarter turns), `em` (d4 + blur p 0.5 sigma <= 1.5 + noise std <= 0.1); `lo-hi` the crop side fraction.
-Encoders go to WORK/<method>-<views><lo-hi>.pt; the stacks to WORK/stacks.npz for readouts.py.
+spec `method:views[:lo-hi[:epochs[:images[:bf16]]]]` -- views `paper` (the paper's crop + h-flip + jitter), `d4` (+ vertical flip and
+quarter turns), `em` (d4 + blur p 0.5 sigma <= 1.5 + noise std <= 0.1); `lo-hi` the crop side fraction;
+`epochs` (default: the profile's); `images` all (generic + task, default) | task (the 400 nanowire images only);
+`bf16`: pretrain under CPU bf16 autocast (pretrain.cpu_bf16).
+Encoders go to WORK/<method>-<views><lo-hi>[-e<epochs>][-<images>].pt; the stacks to WORK/stacks.npz for
+readouts.py.
 
     python benchmarks/tune_views/pretrain_variants.py WORK barlow_twins:paper barlow_twins:paper:0.5-1.0
 """
@@ -37,16 +40,21 @@ if not (out / "stacks.npz").exists():
         np.savez(out / "stacks.npz", generic=generic, task=load_image_stack(paths, p.source_size),
                  labels=np.array([s.label for s in samples]), t64=load_image_stack(paths, 64))
 z = np.load(out / "stacks.npz")
-images = np.concatenate([z["generic"], z["task"]])
+IMAGES = {"all": np.concatenate([z["generic"], z["task"]]), "task": z["task"]}
 # Every variant states all four view options, so none inherits a params.yaml value.
 PAPER = dict(dihedral=False, blur_p=0.0, blur_sigma=1.5, noise_std=0.0)
 VIEWS = {"paper": PAPER, "d4": {**PAPER, "dihedral": True},
          "em": dict(dihedral=True, blur_p=0.5, blur_sigma=1.5, noise_std=0.1)}
 for spec in sys.argv[1:]:
-    method, views, *crop = spec.split(":")
-    crop_side = tuple(float(c) for c in crop[0].split("-")) if crop else (0.25, 0.5)  # default: the paper's
-    variant = dataclasses.replace(cfg, pretrain=dataclasses.replace(p, crop_side=crop_side, **VIEWS[views]))
+    method, views, *rest = spec.split(":")
+    crop, epochs, data, precision = (rest + [None] * 4)[:4]
+    crop_side = tuple(float(c) for c in crop.split("-")) if crop else (0.25, 0.5)  # default: the paper's
+    epochs = int(epochs) if epochs else p.epochs
+    variant = dataclasses.replace(cfg, pretrain=dataclasses.replace(p, crop_side=crop_side, epochs=epochs,
+                                                                    cpu_bf16=precision == "bf16", **VIEWS[views]))
     t0 = time.perf_counter()
-    encoder, last = pretrained_encoder(images, variant, method, p.seed)
-    save_encoder(out / f"{method}-{views}{crop[0] if crop else ''}.pt", encoder, {})
+    encoder, last = pretrained_encoder(IMAGES[data or "all"], variant, method, p.seed)
+    name = f"{method}-{views}{crop or ''}" + (f"-e{epochs}" if epochs != p.epochs else "") + (f"-{data}" if data else "") \
+        + (f"-{precision}" if precision else "")
+    save_encoder(out / f"{name}.pt", encoder, {})
     print(spec, f"{time.perf_counter() - t0:.0f}s", last, flush=True)

@@ -5,7 +5,10 @@ rotations/flips (`/d4`), and of the four 64 px tiles of the 128 px image (`/tile
 the labelled rows + L2 softmax regression (C = 1), split seeds 1000-1019, n = 1, 2, 4, 8 labels per class;
 median test accuracy. Beside the classical features and a random-init encoder.
 
-    python benchmarks/tune_views/readouts.py WORK barlow_twins-paper0.5-1.0 [threads]
+    python benchmarks/tune_views/readouts.py WORK barlow_twins-paper0.5-1.0 [threads] [d4only]
+
+`all` for every encoder in WORK; `d4only` scores only the `/d4` readout (the probe stage's), and adds the
+concatenated `/d4` features of each pair of the listed encoders (`a+b`).
 """
 import sys
 from pathlib import Path
@@ -49,12 +52,20 @@ encoders = {"random": random_encoder("resnet18", 0)}
 for path in sorted(WORK.glob("*.pt")):
     if sys.argv[1] == "all" or path.stem in sys.argv[1].split(","):
         encoders[path.stem] = load_encoder(path)[0]
+D4_ONLY = len(sys.argv) > 3 and sys.argv[3] == "d4only"
 for name, encoder in encoders.items():
-    for dihedral in (False, True):
+    for dihedral in ((True,) if D4_ONLY else (False, True)):
         key = name + ("/d4" if dihedral else "")
         sets[key] = extract_features(encoder, whole, stages=STAGES, dihedral=dihedral)
+        if D4_ONLY:
+            continue
         sets[f"{key}/tiles"] = tiles(encoder, dihedral)
         sets[f"{key}/whole+tiles"] = np.concatenate([sets[key], sets[f"{key}/tiles"]], 1)
+if D4_ONLY:
+    learned = [n for n in encoders if n != "random"]
+    for i, a in enumerate(learned):
+        for b in learned[i + 1:]:
+            sets[f"{a}+{b}/d4"] = np.concatenate([sets[f"{a}/d4"], sets[f"{b}/d4"]], 1)
 rows = []
 for name, features in sets.items():
     row = median_accuracy(features)

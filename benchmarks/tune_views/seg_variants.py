@@ -36,12 +36,15 @@ z = np.load(cache); labels = z["labels"]
 enc_name = sys.argv[1]; variants = sys.argv[2].split(","); sizes = [int(v) for v in sys.argv[3].split(",")]
 seeds = [int(v) for v in sys.argv[4].split(",")] if len(sys.argv) > 4 else [1000]
 state = None if enc_name == "random" else load_encoder(WORK / f"{enc_name}.pt")[0].resnet_state_dict()
-V = {  # name: (res, crop, steps, freeze, encoder_lr[, loss]; default loss dice)
+V = {  # name: (res, crop, steps, freeze, encoder_lr[, loss[, cpu_bf16]]); variants with contrast/level
+# jitter of the training images (`...bcei`) and a cosine lr decay (`...bcecos`) were tried and removed, as
+# train_segmenter options, after they did not help (tune_views.json, round 2)
     "64full": (64, None, 200, True, None), "128crop64": (128, 64, 200, True, None),
     "128full": (128, None, 200, True, None), "128crop64s400": (128, 64, 400, True, None),
     "128crop64ft": (128, 64, 200, False, 1e-4), "128crop64ft400": (128, 64, 400, False, 1e-4),
     "128crop96": (128, 96, 200, True, None), "128crop64s800": (128, 64, 800, True, None),
     "128crop64s400bce": (128, 64, 400, True, None, "dice+bce"),
+    "128crop64s400bcebf": (128, 64, 400, True, None, "dice+bce", True),
 }
 rows = []
 for seed in seeds:
@@ -54,16 +57,17 @@ for seed in seeds:
                 seg = fit_classical(method, z[f"i{res}"][fit], z[f"m{res}"][fit], min_size=4)
                 pred = seg.predict(z[f"i{res}"][te])
             else:
-                res, crop, steps, freeze, elr, *loss = V[v]
+                res, crop, steps, freeze, elr, *extra = V[v]
+                loss, bf16 = (list(extra) + ["dice", False][len(extra):])[:2]
                 model = seeded_unet("resnet18", state, freeze, init_seed=seed)
                 train_segmenter(model, z[f"i{res}"][fit], z[f"m{res}"][fit], steps=steps, lr=1e-3, batch_size=4,
                                 seed=seed, crop_size=crop, encoder_lr=elr,
-                                loss=loss[0] if loss else "dice")
-                pred = predict_masks(model, z[f"i{res}"][te])
+                                loss=loss, cpu_bf16=bf16)
+                pred = predict_masks(model, z[f"i{res}"][te], cpu_bf16=bf16)
                 d = [dice_iou(p, z[f"m{res}"][i])[0] for p, i in zip(pred, te)]
                 rows.append({"enc": enc_name, "variant": v + "-plain", "seed": seed, "n": n, "dice": float(np.median(d))})
                 print(rows[-1], flush=True)
-                pred = predict_masks(model, z[f"i{res}"][te], dihedral=True)
+                pred = predict_masks(model, z[f"i{res}"][te], dihedral=True, cpu_bf16=bf16)
             d = [dice_iou(p, z[f"m{res}"][i])[0] for p, i in zip(pred, te)]
             rows.append({"enc": enc_name, "variant": v, "seed": seed, "n": n, "dice": float(np.median(d)),
                          "s": time.perf_counter() - t0})

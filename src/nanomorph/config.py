@@ -158,6 +158,7 @@ class PretrainConfig:
     image_size: int
     batch_size: int
     epochs: int
+    cpu_bf16: bool = False     # bf16 autocast on CPUs that compute it natively (nanomorph.models.precision)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class SegmentConfig:
     encoder_lr: float | None = None  # with freeze_encoder false: the encoder's own lr (BatchNorm kept fixed)
     dihedral: bool = False       # predict as the mean over the 8 rotations/flips of each image
     loss: str = "dice"           # dice | dice+bce (nanomorph.segment.train.segmentation_loss)
+    cpu_bf16: bool = False       # U-Net training and prediction in bf16 autocast on a native-bf16 CPU
 
     def epochs_for(self, n: int) -> int:
         """Paper epochs for the nearest listed training-set size, scaled by the profile (at least 1)."""

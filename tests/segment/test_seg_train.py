@@ -186,3 +186,23 @@ def test_dice_plus_bce_adds_the_pixel_cross_entropy_and_unknown_losses_are_refus
     assert (flat.grad[..., 3, :] < 0).all()
     with pytest.raises(ValueError, match="unknown segmentation loss"):
         segmentation_loss("focal")
+
+
+@pytest.mark.skipif(not __import__("nanomorph.models.precision", fromlist=["x"]).cpu_has_bf16(),
+                    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_cpu_bf16_training_and_prediction_run_in_bf16_and_return_float32_maps():
+    from nanomorph.segment.train import predict_probabilities
+
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 32, 32)).astype(np.float32)
+    masks = images > 0.6
+    runs = []
+    for bf16 in (True, False):
+        model = seeded_unet("resnet18", random_encoder("resnet18", 0).resnet_state_dict(), True, init_seed=0)
+        train_segmenter(model, images, masks, steps=3, lr=1e-3, batch_size=2, seed=0, cpu_bf16=bf16)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs.append(predict_probabilities(model, images, cpu_bf16=bf16, dihedral=True))
+    assert runs[0].dtype == np.float32 and ((runs[0] >= 0) & (runs[0] <= 1)).all()
+    assert not np.array_equal(runs[0], runs[1])  # bf16 really ran
+    assert np.abs(runs[0] - runs[1]).mean() < 0.05  # ... and agrees with float32 to bf16 rounding
+

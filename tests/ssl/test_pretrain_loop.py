@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nanomorph.models.encoder import Projector, ResNetEncoder, normalise, random_encoder
+from nanomorph.models.precision import cpu_has_bf16
 from nanomorph.ssl.simclr import nt_xent_loss
 from nanomorph.ssl.train import _epoch_order, _step_views, pretrain, warmup_cosine
 from nanomorph.ssl.views import make_view_transform
@@ -237,3 +238,28 @@ def test_compiled_model_gives_the_eager_run(deterministic):
     expected, got = eager.encoder.state_dict(), compiled.encoder.state_dict()
     assert list(got) == list(expected)  # in-place compile: no "_orig_mod." key prefix
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_cpu_bf16_is_used_only_when_asked_and_native():
+    from nanomorph.ssl.train import _amp_dtype
+
+    cpu = torch.device("cpu")
+    assert _amp_dtype(cpu) is None and _amp_dtype(cpu, cpu_bf16=False) is None
+    assert _amp_dtype(cpu, cpu_bf16=True) == (torch.bfloat16 if cpu_has_bf16() else None)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_cpu_bf16_run_trains_differs_from_float32_and_does_not_resume_a_float32_checkpoint(tmp_path):
+    settings = dict(SETTINGS, method="barlow_twins", epochs=1, checkpoint_every=0)
+    ckpt = tmp_path / "run.ckpt"
+    fp32 = pretrain(textures(8), **settings, checkpoint_path=ckpt)
+    bf16 = pretrain(textures(8), **settings, checkpoint_path=None, cpu_bf16=True)
+    assert np.isfinite([h["loss"] for h in bf16.history]).all()
+    assert bf16.history[-1]["loss"] != fp32.history[-1]["loss"]  # the forward pass really ran in bf16
+    assert all(p.dtype == torch.float32 for p in bf16.encoder.parameters())  # weights stay float32
+    with pytest.raises(ValueError, match="autocast"):
+        pretrain(textures(8), **settings, checkpoint_path=ckpt, cpu_bf16=True)
+    bf16_ckpt = tmp_path / "bf16.ckpt"
+    pretrain(textures(8), **settings, checkpoint_path=bf16_ckpt, cpu_bf16=True)
+    with pytest.raises(ValueError, match="autocast"):  # and the other way round
+        pretrain(textures(8), **settings, checkpoint_path=bf16_ckpt)

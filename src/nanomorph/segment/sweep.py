@@ -109,6 +109,7 @@ def segmentation_sweep(
     encoder_lr: float | None = None,
     dihedral: bool = False,
     loss: str = "dice",
+    cpu_bf16: bool = False,
 ) -> pd.DataFrame:
     """Rows (encoder, seed, n, split, image_index, dice, iou): one per validation or test image per
     (encoder, seed, n) run.
@@ -118,7 +119,8 @@ def segmentation_sweep(
     identically for every encoder. `on_run`, when given, receives every finished run (model and test
     predictions included), e.g. to keep the predictions of some runs for further analysis.
     `steps`, when given, trains every run for that many optimiser steps (whatever n) instead of
-    `epochs_for(n)` epochs. `crop_size`, `encoder_lr` and `loss` go to `train_segmenter`, `dihedral` to `predict_masks`.
+    `epochs_for(n)` epochs. `crop_size`, `encoder_lr` and `loss` go to `train_segmenter`,
+    `dihedral` to `predict_masks`, `cpu_bf16` to both.
     `classical` names classical segmenters (nanomorph.segment.classical) fitted on the same training images of
     every (seed, n) and scored on the same validation and test images; their rows carry the method's name in
     `encoder` (they reach `on_run` with `model=None`).
@@ -148,14 +150,14 @@ def segmentation_sweep(
         train_segmenter(
             model, images[fit_idx], masks[fit_idx], epochs=None if steps else epochs_for(n), steps=steps, lr=lr,
             batch_size=batch_size, seed=seed, device=device, crop_size=crop_size, encoder_lr=encoder_lr,
-            loss=loss,
+            loss=loss, cpu_bf16=cpu_bf16,
         )
         if len(val_idx):
             val_pred = predict_masks(model, images[val_idx], batch_size=max(batch_size, 8), device=device,
-                                     dihedral=dihedral)
+                                     dihedral=dihedral, cpu_bf16=cpu_bf16)
             rows.extend(_score_rows(name, seed, n, "validation", val_idx, val_pred, masks))
         pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device,
-                             dihedral=dihedral)
+                             dihedral=dihedral, cpu_bf16=cpu_bf16)
         rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
         if on_run is not None:
             on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from nanomorph.models.dihedral import SYMMETRIES, turn, unturn
 from nanomorph.models.encoder import normalise
+from nanomorph.models.precision import cpu_autocast
 from nanomorph.segment.model import set_train_mode, trainable_parameters
 
 # smp's U-Net halves the resolution five times and concatenates skips, so sides must divide by 32.
@@ -114,12 +115,14 @@ def train_segmenter(
     crop_size: int | None = None,
     encoder_lr: float | None = None,
     loss: str = "dice",
+    cpu_bf16: bool = False,
 ) -> smp.Unet:
     """Train `model` in place with Adam on its trainable parameters and `loss` (`segmentation_loss`); returns it.
 
     Length: `epochs` passes over the images, or a fixed number of optimiser `steps` whatever their number.
     Every batch is augmented by `random_dihedral` (the 8 rotations/flips of the square); with `crop_size`, each
     image of a batch is first cut to a random window of that side (`random_crops`, a multiple of 32).
+    `cpu_bf16`: the forward pass under bf16 autocast on a CPU with native bfloat16 (loss in float32).
     `encoder_lr`, when given, is the learning rate of the encoder's trainable parameters (partial unfreezing:
     a pretrained encoder adapts slowly while the fresh decoder learns at `lr`); its BatchNorm statistics stay
     fixed then too, as a few images' batch statistics would overwrite the pretrained ones.
@@ -158,7 +161,9 @@ def train_segmenter(
             x, y = random_crops(x, y, crop_size, gen)
         x, y = random_dihedral(x, y, gen)
         optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x.to(device)), y.to(device))
+        with cpu_autocast(device, cpu_bf16):
+            logits = model(x.to(device))
+        loss = loss_fn(logits.float(), y.to(device))
         loss.backward()
         optimiser.step()
     model.eval()
@@ -168,16 +173,18 @@ def train_segmenter(
 def _dihedral_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean sigmoid map over the 8 symmetries of the square: each turned/flipped input's prediction is turned
     back before averaging, so the map is exactly equivariant and an orientation-dependent error averages out."""
-    return sum(unturn(torch.sigmoid(model(turn(x, flip, k))), flip, k) for flip, k in SYMMETRIES) / len(SYMMETRIES)
+    return sum(unturn(torch.sigmoid(model(turn(x, flip, k)).float()), flip, k)
+               for flip, k in SYMMETRIES) / len(SYMMETRIES)
 
 
 def predict_probabilities(
     model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
-    dihedral: bool = False,
+    dihedral: bool = False, cpu_bf16: bool = False,
 ) -> np.ndarray:
     """Float32 (N, H, W) sigmoid(logit) maps, without gradients; leaves the model in eval mode.
 
     `dihedral`: the mean map over the image's 8 rotations/flips (`_dihedral_mean`; 8 forward passes).
+    `cpu_bf16`: the network under bf16 autocast on a CPU with native bfloat16.
 
     (Eval mode is not undone afterwards: a blanket model.train() would also unfreeze a frozen encoder's
     BatchNorm; `train_segmenter` sets the right modes itself.)
@@ -186,10 +193,10 @@ def predict_probabilities(
     model.eval()
     model.to(device)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), cpu_autocast(device, cpu_bf16):
         for start in range(0, len(x_all), batch_size):
             x = x_all[start : start + batch_size].to(device)
-            prob = _dihedral_mean(model, x) if dihedral else torch.sigmoid(model(x))
+            prob = _dihedral_mean(model, x) if dihedral else torch.sigmoid(model(x).float())
             out.append(prob.squeeze(1).float().cpu().numpy())
     if not out:
         return np.zeros((0, *x_all.shape[2:]), dtype=np.float32)
@@ -198,7 +205,7 @@ def predict_probabilities(
 
 def predict_masks(
     model: nn.Module, images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
-    threshold: float = 0.5, dihedral: bool = False,
+    threshold: float = 0.5, dihedral: bool = False, cpu_bf16: bool = False,
 ) -> np.ndarray:
     """Boolean (N, H, W) masks: `predict_probabilities` > threshold (0.5: the logit's sign)."""
-    return predict_probabilities(model, images, batch_size, device, dihedral) > threshold
+    return predict_probabilities(model, images, batch_size, device, dihedral, cpu_bf16) > threshold

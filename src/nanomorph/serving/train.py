@@ -24,7 +24,8 @@ def train_classifier(encoder: nn.Module, images: np.ndarray, labels: np.ndarray,
 def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray, *, arch: str,
                epochs: int | None, lr: float, batch_size: int, freeze_encoder: bool, seed: int, device: str = "cpu",
                progress: bool = False, steps: int | None = None, crop_size: int | None = None,
-               encoder_lr: float | None = None, loss: str = "dice") -> smp.Unet:
+               encoder_lr: float | None = None, loss: str = "dice",
+               cpu_bf16: bool = False) -> smp.Unet:
     """U-Net with the transferred encoder trained with `loss` (the segment stage's recipe); on CPU, eval mode.
 
     `seed` drives the decoder initialisation, the shuffles and the flips.
@@ -32,5 +33,5 @@ def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray
     model = seeded_unet(arch, encoder_state, freeze_encoder, init_seed=seed)
     train_segmenter(model, images, masks, epochs=None if steps else epochs, steps=steps, lr=lr,
                     batch_size=batch_size, seed=seed, device=device, progress=progress, crop_size=crop_size,
-                    encoder_lr=encoder_lr, loss=loss)
+                    encoder_lr=encoder_lr, loss=loss, cpu_bf16=cpu_bf16)
     return model.cpu().eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -24,6 +25,8 @@ def stage_main(stage: str, body: Callable[[Config, argparse.Namespace], None],
     if add_args is not None:
         add_args(parser)
     args = parser.parse_args(argv)
+    if not on_terminal():  # MLflow's own artifact progress bars, as ours, only on a terminal
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         cfg = load_config(args.params, profile=args.profile)
         body(cfg, args)
@@ -42,6 +45,12 @@ def tracked(cfg: Config, stage: str, sections: tuple[str, ...]) -> AbstractConte
         artifact_dir=cfg.tracking.artifact_dir, profile=cfg.profile, params_hash=cfg.params_hash,
         params={"profile": cfg.profile, **{s: cfg.section_params(s) for s in sections}},
     )
+
+
+def on_terminal() -> bool:
+    """Progress bars only when stderr is a terminal: under `dvc repro > log` or CI they would fill the log
+    with carriage-return frames."""
+    return sys.stderr.isatty()
 
 
 def best_device() -> str:

@@ -20,14 +20,14 @@ from nanomorph.analysis.percolation import PERCOLATING_CLASS, percolates
 from nanomorph.config import Config
 from nanomorph.data.io import read_mask
 from nanomorph.data.validation import accepted
-from nanomorph.stages._common import stage_main, tracked, write_json
+from nanomorph.stages._common import stage_main, tracked, write_json, on_terminal
 
 
 def run_analyse(cfg: Config, _args: argparse.Namespace) -> None:
     rows = accepted(cfg.validate.manifest, "nanowire")
     rows = rows[rows["mask_path"].notna()]
     records = []
-    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="analyse masks"):
+    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="analyse masks", disable=not on_terminal()):
         mask = read_mask(Path(row["mask_path"]))  # full resolution: percolation depends on pixel geometry
         records.append({"image": row["path"], "label": row["label"], "density": pixel_density(mask),
                         "percolates": bool(percolates(mask))})

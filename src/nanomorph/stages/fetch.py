@@ -32,7 +32,7 @@ from nanomorph.data.fetchers.canonical import record
 from nanomorph.data.layout import TreeRules
 from nanomorph.data.synthetic import write_generic_em_dataset, write_nanowire_dataset
 from nanomorph.errors import NanomorphError
-from nanomorph.stages._common import stage_main, tracked, write_json
+from nanomorph.stages._common import stage_main, tracked, write_json, on_terminal
 
 NANOWIRE_SOURCES = ("synthetic", "zenodo", "folder")
 GENERIC_SOURCES = ("synthetic", "cem500k", "folder")
@@ -54,7 +54,8 @@ def _rules(data: DataConfig, image_suffixes: tuple[str, ...], mask_suffixes: tup
 def _synthetic_nanowires(data: DataConfig) -> list[FileRecord]:
     out = Path(data.nanowire_dir)
     with staged_folder(out) as staging:  # regenerated whole: stale files from another scale must not linger
-        written = write_nanowire_dataset(staging, data.classes, data.images_per_class, data.image_size, data.seed)
+        written = write_nanowire_dataset(staging, data.classes, data.images_per_class, data.image_size, data.seed,
+                                         progress=on_terminal())
     records = []
     for image in written:
         label = image.parent.parent.name
@@ -67,7 +68,8 @@ def _synthetic_nanowires(data: DataConfig) -> list[FileRecord]:
 def _synthetic_generic(data: DataConfig) -> list[FileRecord]:
     out = Path(data.generic_dir)
     with staged_folder(out) as staging:
-        written = write_generic_em_dataset(staging, data.generic_images, data.generic_size, data.seed + 1)
+        written = write_generic_em_dataset(staging, data.generic_images, data.generic_size, data.seed + 1,
+                                           progress=on_terminal())
     return [record("synthetic", "placed", target=out / p.relative_to(staging), role="generic") for p in written]
 
 

@@ -37,7 +37,7 @@ from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import save_encoder
 from nanomorph.ssl.train import CHECKPOINT_FORMAT, pretrain
-from nanomorph.stages._common import best_device, stage_main, tracked, write_json
+from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 
 METHODS = ("simclr", "barlow_twins")
 
@@ -162,9 +162,9 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
                 jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
                 dihedral=p.dihedral, blur_p=p.blur_p, blur_sigma=p.blur_sigma, noise_std=p.noise_std,
                 checkpoint_path=ckpt, checkpoint_every=p.checkpoint_every, device=process.device,
-                accumulate_steps=p.accumulate_steps, compile_model=p.compile,
+                accumulate_steps=p.accumulate_steps, compile_model=p.compile, cpu_bf16=p.cpu_bf16,
                 log_fn=(lambda metrics, step: mlflow.log_metrics(metrics, step=step)) if process.main else None,
-                progress=process.main,
+                progress=process.main and on_terminal(),
             )
             if process.main:
                 _write_outputs(method, p.image_size, p.epochs, cfg.params_hash, data, result)

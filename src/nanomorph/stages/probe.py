@@ -51,7 +51,7 @@ from nanomorph.probe.classical import classical_features
 from nanomorph.probe.stats import holm, pairwise_wilcoxon
 from nanomorph.probe.sweep import label_budget_runs, probe_sweep
 from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
-from nanomorph.stages._common import best_device, stage_main, tracked, write_json
+from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 
 FEATURE_DIR = Path("data/features")
 FIGURE_DIR = Path("figures/probe")
@@ -186,7 +186,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
             encoder = resolve_encoder(name, pt.arch, pt.seed)
             with torch.no_grad():
                 features, entry = cache.get_or_extract(name, pt.seed, encoder, pr.feature_size, image_set, len(rows),
-                                                       load_images, device=device, progress=True,
+                                                       load_images, device=device, progress=on_terminal(),
                                                        stages=pr.feature_stages, dihedral=pr.feature_dihedral)
             feature_sets[(name, pt.seed)] = features
             entries.append(entry)
@@ -196,7 +196,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
 
         started = time.perf_counter()
         sweep = probe_sweep(feature_sets, labels, pr.labels_per_class, list(range(pr.split_seeds)),
-                            rule, settings, knn_k=pr.knn_k, progress=True)
+                            rule, settings, knn_k=pr.knn_k, progress=on_terminal())
         sweep_seconds = time.perf_counter() - started
         results = sweep.table
         n_linear = int((results["classifier"] == "linear").sum())
@@ -214,14 +214,14 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
 
         densities = wire_densities(rows, (SPARSE_CLASS, DENSE_CLASS))
         anchors = anchor_study(feature_sets, labels, densities, list(range(pr.anchor_probes)), rule,
-                               settings, SPARSE_CLASS, DENSE_CLASS, progress=True)
+                               settings, SPARSE_CLASS, DENSE_CLASS, progress=on_terminal())
         anchors.to_csv("metrics/probe_anchor.csv", index=False)
         anchor_summary = summarise_anchors(anchors)
 
         advisor_runs = evaluate_advisor(
             feature_sets, labels, pr.advisor_budgets,
             list(range(ADVISOR_SEED_OFFSET, ADVISOR_SEED_OFFSET + pr.advisor_seeds)), rule, settings,
-            random_draws=pr.advisor_random_draws, progress=True)
+            random_draws=pr.advisor_random_draws, progress=on_terminal())
         advisor = summarise_advisor(advisor_runs)
         advisor.to_csv("metrics/probe_advisor.csv", index=False)
 

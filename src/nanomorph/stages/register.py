@@ -50,7 +50,7 @@ from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.serving.package import log_classifier, log_segmenter
 from nanomorph.serving.train import train_unet
-from nanomorph.stages._common import best_device, stage_main, tracked, write_json
+from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 from nanomorph.stages.probe import resolve_encoder, split_rule
 from nanomorph.tracking.registry import (
     CHALLENGER, CHAMPION, Decision, apply_decision, promotion_decision, register_version, registry_state,
@@ -254,8 +254,8 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         seg_masks = load_mask_stack([Path(p) for p in seg_train["mask_path"]], sg.image_size)
         unet = train_unet(encoder.resnet_state_dict(), seg_images, seg_masks, arch=pt.arch, epochs=epochs, lr=sg.lr,
                           batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, seed=rg.seed, device=device,
-                          progress=True, steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
-                          loss=sg.loss)
+                          progress=on_terminal(), steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
+                          loss=sg.loss, cpu_bf16=sg.cpu_bf16)
         segmenter_info = log_segmenter(unet, arch=pt.arch, image_size=sg.image_size, encoder_name=encoder_name,
                                        object_min_size=sg.object_min_size, dihedral=sg.dihedral)
         seg_eval_paths, seg_eval_masks = seg_eval["path"].tolist(), seg_eval["mask_path"].tolist()

@@ -37,7 +37,7 @@ from nanomorph.report.figures import grouped_boxplot
 from nanomorph.segment.figures import overlay_figure
 from nanomorph.segment.morphology import morphology_agreement, morphology_table
 from nanomorph.segment.sweep import SweepRun, segmentation_sweep
-from nanomorph.stages._common import best_device, stage_main, tracked, write_json
+from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 from nanomorph.stages.probe import resolve_encoder, split_rule
 
 FIGURE_DIR = Path("figures/segment")
@@ -140,9 +140,9 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             images, masks, states, arch=pt.arch, train_sizes=sg.train_sizes, epochs_for=sg.epochs_for,
             seeds=[sg.seed + k for k in range(sg.seeds)], test_fraction=rule, lr=sg.lr,
             batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, validation_fraction=sg.validation_fraction,
-            strata=labels, device=best_device(), on_run=kept, classical=sg.classical,
+            strata=labels, device=best_device(), on_run=kept, classical=sg.classical, progress=on_terminal(),
             object_min_size=sg.object_min_size, steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
-            dihedral=sg.dihedral, loss=sg.loss,
+            dihedral=sg.dihedral, loss=sg.loss, cpu_bf16=sg.cpu_bf16,
         )
         scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
         validation = scored[scored["split"] == "validation"]

@@ -1,0 +1,53 @@
+"""dvc.yaml's code deps cannot go stale: every nanomorph module a stage imports lies under one of its deps.
+
+Each stage module is imported in a fresh interpreter together with `nanomorph.tracking.runs` (every stage
+imports it lazily when it opens its MLflow run); the files of all loaded `nanomorph` modules must each be a
+listed dep or lie in a listed folder. A stage that starts importing a new module fails here until dvc.yaml
+says so, so `dvc status` can never call a result current after that module changed.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+LOADED = ("import sys, importlib; importlib.import_module(sys.argv[1]); import nanomorph.tracking.runs; "
+          "print('\\n'.join(m.__file__ for n, m in sorted(sys.modules.items()) "
+          "if n.split('.')[0] == 'nanomorph' and getattr(m, '__file__', None)))")
+
+
+def _definition(stage: dict) -> dict:
+    return stage["do"] if "foreach" in stage else stage
+
+
+def _module(cmd: str) -> str:
+    words = cmd.split()
+    return words[words.index("-m") + 1]
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_imported_nanomorph_module_is_a_dep_of_its_stage(name):
+    stage = _definition(STAGES[name])
+    deps = [d for d in stage["deps"] if isinstance(d, str)]
+    done = subprocess.run([sys.executable, "-c", LOADED, _module(stage["cmd"])], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = [Path(f).resolve() for f in done.stdout.split()]
+    assert any(f.name == "_common.py" for f in files), "the import probe saw no stage code"
+    missing = sorted(str(f.relative_to(ROOT)) for f in files if not _covered(str(f.relative_to(ROOT)), deps))
+    assert not missing, f"dvc.yaml stage '{name}' imports modules it does not depend on: {missing}"
+
+
+def test_the_coverage_rule_accepts_folders_and_files_only():
+    assert _covered("src/nanomorph/data/io.py", ["src/nanomorph/data"])
+    assert _covered("src/nanomorph/config.py", ["src/nanomorph/config.py"])
+    assert not _covered("src/nanomorph/data_extra/io.py", ["src/nanomorph/data"])
+    assert not _covered("src/nanomorph/config.py", ["src/nanomorph/data"])
