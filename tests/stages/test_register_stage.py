@@ -50,6 +50,8 @@ def _project(tmp_path: Path, beat_classical: bool = False) -> Path:
     params["profile"] = "micro"
     params["registry"]["cv_folds"] = 3  # 3 training images per class here
     params["registry"]["beat_classical"] = beat_classical
+    # two pretrained candidates (as the paper profile has), so the encoder choice is exercised
+    params["probe"]["encoders"] = ["simclr", "barlow_twins", "random", "classical"]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_nanowire_dataset(project / "data/raw/nanowires", CLASSES, images_per_class=4, size=32, seed=0, progress=False)
     rows = []
