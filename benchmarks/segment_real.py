@@ -9,21 +9,23 @@ Encoders (ResNet, frozen inside the U-Net, as in the pipeline's segment stage):
                   TRAINING-split images (unlabelled) plus the CEM500K example images; never on validation or
                   test images;
   random          random init (nanomorph.models.encoder.random_encoder);
-  synthetic_bt    the pipeline's Barlow Twins encoder pretrained on synthetic nanowire images
-                  (models/encoders/barlow_twins.pt), when that file exists with the same architecture.
+  synthetic       the pipeline's encoder pretrained on the synthetic default (models/encoders/simclr.pt),
+                  when that file exists with the same architecture.
 
 Classical baselines (--classical, default otsu and local): nanomorph.segment.classical fitted (polarity, window)
 on the same training images of every run and scored on the same test images; `paired_tests_vs_classical` holds
 the paired Wilcoxon test (over test images, Holm over the listed pairs) of every learned segmenter against each.
 
-Few-shot sweep: nested seeded subsets of the training split, n in --sizes (sizes above the split are skipped);
---steps optimiser steps per run whatever n (default 200, D4-augmented batches as in the segment stage), or with
---steps 0 the paper's epochs for n (params.yaml segment.epochs) x --epoch-scale, at least 1. The validation
-split picks each model's probability threshold (grid 0.1..0.9, best median validation dice); dice/IoU are
-then measured on every test image. Nothing is chosen on test images. The defaults are CPU-sized, to finish
-in about 25 minutes on 2 SHARED cores: images resized to 96 x 96 (--resolution), --epoch-scale 0.1 (2-12
-epochs per size), 12 SSL epochs on 64 px views of 128 px images. With a GPU use e.g. --resolution 256
---epoch-scale 1 --ssl-epochs 200.
+Few-shot sweep: nested seeded subsets of the training split, n in --sizes (sizes above the split are skipped).
+The U-Net recipe is the pipeline's (params.yaml `segment`, cpu profile, tuned on the synthetic TUNING data, never
+on these images): segment.steps optimiser steps per run whatever n on random segment.crop_size windows with D4
+augmentation, segment.loss, prediction averaged over the 8 rotations/flips (segment.dihedral) under bf16 where
+segment.predict_cpu_bf16; each option can be overridden (--steps 0: the paper's epochs for n x --epoch-scale).
+The validation split picks each model's probability threshold (grid 0.1..0.9, best median validation dice);
+dice/IoU are then measured on every test image. Nothing is chosen on test images. Images are resized to
+--resolution (128, the cpu profile's segment.image_size); the real encoder is pretrained with the pipeline's
+pretraining settings (views, bf16) for --ssl-epochs 30 on 64 px views of 128 px images. About 15 minutes on
+2 cores. With a GPU use e.g. --resolution 256 --ssl-epochs 200.
 
     python benchmarks/segment_real.py                      # EMPS at ../shared/data/emps
     python benchmarks/segment_real.py --images DIR --masks DIR
@@ -100,7 +102,7 @@ def pretrain_real_encoder(args, cfg, train_paths: list[Path]) -> tuple[dict, dic
         optimizer="adamw", temperature=pt.temperature, lambd=pt.lambd, projector_dims=pt.projector_dims,
         crop_side=pt.crop_side, flip_p=pt.flip_p, jitter_p=pt.jitter_p, brightness=pt.brightness,
         contrast=pt.contrast, seed=args.seed, checkpoint_path=None, checkpoint_every=0,
-        log_fn=record, progress=False,
+        log_fn=record, progress=False, cpu_bf16=pt.cpu_bf16,
     )
     info = {"images": len(images), "training_split_images": len(train_paths), "generic_images": len(generic),
             "seconds": time.perf_counter() - started, "method": args.ssl_method, "epochs": args.ssl_epochs,
@@ -123,14 +125,14 @@ def encoder_states(args, cfg, train_paths: list[Path]) -> tuple[dict[str, dict |
         states["random"] = random_encoder(args.arch, args.seed).resnet_state_dict()
     if "synthetic" in args.encoders:
         if not args.synthetic_encoder.is_file():
-            skipped["synthetic_bt"] = f"{args.synthetic_encoder} not found"
+            skipped["synthetic"] = f"{args.synthetic_encoder} not found"
         else:
             encoder, meta = load_encoder(args.synthetic_encoder)
             if encoder.arch != args.arch:
-                skipped["synthetic_bt"] = f"{args.synthetic_encoder} is {encoder.arch}, not {args.arch}"
+                skipped["synthetic"] = f"{args.synthetic_encoder} is {encoder.arch}, not {args.arch}"
             else:
-                states["synthetic_bt"] = encoder.resnet_state_dict()
-                info["synthetic_bt"] = {"path": str(args.synthetic_encoder), **meta}
+                states["synthetic"] = encoder.resnet_state_dict()
+                info["synthetic"] = {"path": str(args.synthetic_encoder), **meta}
     return states, info, skipped
 
 
@@ -166,10 +168,12 @@ def run_sweep(args, sg, images, masks, split, states) -> pd.DataFrame:
                 started = time.perf_counter()
                 model = seeded_unet(args.arch, state, True, init_seed=seed)
                 train_segmenter(model, images[fit_idx], masks[fit_idx], epochs=epochs, steps=args.steps or None,
-                                lr=args.lr, batch_size=args.batch_size, seed=seed)
-                threshold = best_threshold(predict_probabilities(model, images[val_idx], 16), masks[val_idx]) \
+                                lr=args.lr, batch_size=args.batch_size, seed=seed, crop_size=args.crop_size or None,
+                                loss=args.loss)
+                predict = dict(batch_size=16, dihedral=args.dihedral, cpu_bf16=args.predict_bf16)
+                threshold = best_threshold(predict_probabilities(model, images[val_idx], **predict), masks[val_idx]) \
                     if len(val_idx) else 0.5
-                prob = predict_probabilities(model, images[test_idx], 16)
+                prob = predict_probabilities(model, images[test_idx], **predict)
                 for i, p in zip(test_idx, prob):
                     dice, iou = dice_iou(p > threshold, masks[i])
                     dice_half, iou_half = dice_iou(p > 0.5, masks[i])
@@ -226,24 +230,33 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="for the paper's epochs and SSL settings")
     parser.add_argument("--encoders", nargs="+", default=["real", "random", "synthetic"],
                         choices=["real", "random", "synthetic"])
-    parser.add_argument("--synthetic-encoder", type=Path, default=Path("models/encoders/barlow_twins.pt"))
+    parser.add_argument("--synthetic-encoder", type=Path, default=Path("models/encoders/simclr.pt"))
     parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--resolution", type=int, default=96,
+    parser.add_argument("--resolution", type=int, default=128,
                         help="images are resized to this square side (a multiple of 32)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 80])
     parser.add_argument("--epoch-scale", type=float, default=0.1, help="x the paper's epochs per size")
-    parser.add_argument("--steps", type=int, default=200,
-                        help="fixed optimiser steps per run whatever n (0: the paper's epochs x --epoch-scale)")
+    # The U-Net recipe defaults to the pipeline's (params.yaml segment, cpu profile; tuned on synthetic tuning data)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fixed optimiser steps per run whatever n (0: the paper's epochs x --epoch-scale; "
+                             "default: segment.steps)")
+    parser.add_argument("--crop-size", type=int, default=None, help="training windows (0: whole images; "
+                        "default: segment.crop_size)")
+    parser.add_argument("--loss", default=None, help="dice | dice+bce (default: segment.loss)")
+    parser.add_argument("--dihedral", default=None, action=argparse.BooleanOptionalAction,
+                        help="predict the mean over the 8 rotations/flips (default: segment.dihedral)")
+    parser.add_argument("--predict-bf16", default=None, action=argparse.BooleanOptionalAction,
+                        help="predictions under CPU bf16 autocast (default: segment.predict_cpu_bf16)")
     parser.add_argument("--classical", nargs="*", default=list(CLASSICAL_SEGMENTERS), choices=CLASSICAL_SEGMENTERS,
                         help="classical baselines fitted on the same training images")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1, help="subset draws / decoder inits per size")
-    parser.add_argument("--ssl-method", default="barlow_twins", choices=["simclr", "barlow_twins"])
-    parser.add_argument("--ssl-epochs", type=int, default=12)
+    parser.add_argument("--ssl-method", default="simclr", choices=["simclr", "barlow_twins"])
+    parser.add_argument("--ssl-epochs", type=int, default=30)
     parser.add_argument("--ssl-image-size", type=int, default=64, help="side of the SSL views")
     parser.add_argument("--ssl-source-size", type=int, default=128, help="side the SSL images are decoded at")
     parser.add_argument("--ssl-batch-size", type=int, default=32)
@@ -253,6 +266,10 @@ def main() -> None:
     started = time.perf_counter()
     cfg = load_config(args.params, profile="cpu")
     sg = dataclasses.replace(cfg.segment, epoch_scale=args.epoch_scale)
+    for option, value in {"steps": sg.steps or 0, "crop_size": sg.crop_size or 0, "loss": sg.loss,
+                          "dihedral": sg.dihedral, "predict_bf16": sg.predict_cpu_bf16}.items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
 
     pairs, source = select_pairs(args)
     split = split_three_ways(len(pairs), args.val_fraction, args.test_fraction, args.seed)

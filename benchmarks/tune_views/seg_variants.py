@@ -16,7 +16,7 @@ from nanomorph.data.io import load_image_stack, load_mask_stack
 from nanomorph.data.layout import find_nanowire_dataset
 from nanomorph.data.synthetic import write_nanowire_dataset
 from nanomorph.models.encoder import load_encoder
-from nanomorph.probe.splits import nested_subsets
+from nanomorph.probe.splits import nested_stratified_subsets, nested_subsets
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.sweep import seeded_unet, split_train_validation_test
@@ -49,8 +49,12 @@ V = {  # name: (res, crop, steps, freeze, encoder_lr[, loss[, cpu_bf16]]); varia
 rows = []
 for seed in seeds:
     tr, va, te = split_train_validation_test(len(labels), 0.2, 0.125, seed, labels)
-    for n, fit in nested_subsets(tr, sizes, seed).items():
+    plain, strat = nested_subsets(tr, sizes, seed), nested_stratified_subsets(tr, sizes, seed, labels)
+    for n in plain:
         for v in variants:
+            # `<variant>/strat`: training images spread over the classes (nested_stratified_subsets)
+            fit = strat[n] if v.endswith("/strat") else plain[n]
+            v = v.removesuffix("/strat")
             t0 = time.perf_counter()
             if v.startswith("otsu") or v.startswith("local"):
                 method, res = v.split("@"); res = int(res)
@@ -65,11 +69,11 @@ for seed in seeds:
                                 loss=loss, cpu_bf16=bf16)
                 pred = predict_masks(model, z[f"i{res}"][te], cpu_bf16=bf16)
                 d = [dice_iou(p, z[f"m{res}"][i])[0] for p, i in zip(pred, te)]
-                rows.append({"enc": enc_name, "variant": v + "-plain", "seed": seed, "n": n, "dice": float(np.median(d))})
+                rows.append({"enc": enc_name, "variant": v + "-plain" + ("/strat" if fit is strat[n] else ""), "seed": seed, "n": n, "dice": float(np.median(d))})
                 print(rows[-1], flush=True)
                 pred = predict_masks(model, z[f"i{res}"][te], dihedral=True, cpu_bf16=bf16)
             d = [dice_iou(p, z[f"m{res}"][i])[0] for p, i in zip(pred, te)]
-            rows.append({"enc": enc_name, "variant": v, "seed": seed, "n": n, "dice": float(np.median(d)),
+            rows.append({"enc": enc_name, "variant": v + ("/strat" if fit is strat[n] else ""), "seed": seed, "n": n, "dice": float(np.median(d)),
                          "s": time.perf_counter() - t0})
             print(rows[-1], flush=True)
-out = WORK / f"seg_{enc_name}_{sys.argv[2]}.json"; out.write_text(json.dumps(rows))
+out = WORK / f"seg_{enc_name}_{sys.argv[2]}.json".replace("/strat", "-strat"); out.write_text(json.dumps(rows))

@@ -12,21 +12,36 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Interval
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
 from nanomorph.data.archive import ArchiveLimits  # data.archive's own limits type: no copy to convert
 from nanomorph.errors import ConfigError
 
 PROFILES = ("micro", "cpu", "paper")
 
+# Value constraints, checked by pydantic when params.yaml is loaded (`_validated`): a wrong type or range is
+# one line naming the key, the value and what is allowed, before any stage touches its outputs.
+Count = Annotated[int, Gt(0)]                   # >= 1
+NonNegative = Annotated[int, Ge(0)]
+Positive = Annotated[float, Gt(0)]
+NonNegativeFloat = Annotated[float, Ge(0)]
+Fraction = Annotated[float, Interval(ge=0, le=1)]
+OpenFraction = Annotated[float, Interval(gt=0, lt=1)]  # a split share: neither nothing nor everything
+Probability = Fraction
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+Stage = Literal["layer1", "layer2", "layer3", "layer4"]
+SslMethod = Literal["simclr", "barlow_twins"]
+
 
 @dataclass(frozen=True)
 class HttpConfig:
-    retries: int
-    backoff_s: float
-    timeout_s: float
+    retries: NonNegative
+    backoff_s: NonNegativeFloat
+    timeout_s: Positive
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ class LayoutConfig:
 @dataclass(frozen=True)
 class ZenodoConfig:
     api_url: str
-    record: str
+    record: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]  # YAML reads 6377141 as int
     files: tuple[str, ...]
     image_suffixes: tuple[str, ...]
     mask_suffixes: tuple[str, ...]
@@ -60,7 +75,7 @@ class FolderConfig:
     nanowire_root: str | None
     nanowire_manifest: str | None
     generic_root: str | None
-    link: str
+    link: Literal["copy", "hardlink"]
     image_suffixes: tuple[str, ...]
     mask_suffixes: tuple[str, ...]
 
@@ -73,21 +88,27 @@ def _block(cls: type, value: Any, where: str) -> Any:
     """A nested params mapping (e.g. data.zenodo) as its frozen dataclass, with the same key checks as a section."""
     if isinstance(value, cls):
         return value
+    _check_keys(cls, value, where)
+    return _validated(cls, {k: _tuplify(v) for k, v in value.items()}, where)
+
+
+def _check_keys(cls: type, value: Any, where: str) -> None:
+    """A mapping with exactly the fields of dataclass `cls` (pydantic would drop unknown keys silently)."""
     if not isinstance(value, dict):
-        raise ConfigError(f"params.yaml: {where} must be a mapping, got {value!r}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    missing, unknown = fields - set(value), set(value) - fields
+        raise ConfigError(f"params.yaml: {where} must be a mapping, got {_shown(value)}")
+    fields = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    known = {f.name for f in dataclasses.fields(cls)}
+    missing, unknown = fields - set(value), set(value) - known
     if missing:
         raise ConfigError(f"params.yaml: {where} lacks {sorted(missing)}")
     if unknown:
         raise ConfigError(f"params.yaml: {where} has unknown keys {sorted(unknown)}")
-    return cls(**{k: _tuplify(v) for k, v in value.items()})
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str                # nanowire set: synthetic | zenodo | folder
-    generic_source: str        # pretraining images: synthetic | cem500k | folder
+    source: Literal["synthetic", "zenodo", "folder"]              # nanowire set
+    generic_source: Literal["synthetic", "cem500k", "folder"]     # pretraining images
     nanowire_dir: str
     generic_dir: str
     download_dir: str
@@ -99,10 +120,10 @@ class DataConfig:
     zenodo: ZenodoConfig
     cem500k: Cem500kConfig
     folder: FolderConfig
-    images_per_class: int
-    image_size: int
-    generic_images: int
-    generic_size: int
+    images_per_class: Count
+    image_size: Count
+    generic_images: Count
+    generic_size: Count
 
     def __post_init__(self) -> None:
         for name, cls in _DATA_BLOCKS.items():
@@ -113,14 +134,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    min_side: int
-    max_side: int
-    max_pixels: int
-    min_std: float
-    max_saturated_fraction: float
-    hash_size: int
-    near_duplicate_bits: int
-    min_class_ratio: float
+    min_side: Count
+    max_side: Count
+    max_pixels: Count
+    min_std: NonNegativeFloat
+    max_saturated_fraction: Fraction
+    hash_size: Annotated[int, Ge(2)]
+    near_duplicate_bits: NonNegative
+    min_class_ratio: Fraction
     critical: tuple[str, ...]
     manifest: str
     quarantine: str
@@ -129,85 +150,87 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    methods: tuple[str, ...]
+    methods: tuple[SslMethod, ...]
     task_images: bool          # also pretrain on the task's own (unlabelled) nanowire images
-    seed: int
-    temperature: float
-    lambd: float
-    projector_dims: tuple[int, ...]
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    warmup_epochs: int
-    crop_side: tuple[float, float]
-    flip_p: float
-    jitter_p: float
-    brightness: float
-    contrast: float
+    seed: NonNegative
+    temperature: Positive
+    lambd: NonNegativeFloat
+    projector_dims: tuple[Count, ...]
+    optimizer: Literal["sgd", "lars", "adamw"]
+    lr: Positive
+    momentum: Fraction
+    weight_decay: NonNegativeFloat
+    warmup_epochs: NonNegative
+    crop_side: tuple[Annotated[float, Interval(gt=0, le=1)], Annotated[float, Interval(gt=0, le=1)]]
+    flip_p: Probability
+    jitter_p: Probability
+    brightness: NonNegativeFloat
+    contrast: NonNegativeFloat
     dihedral: bool             # views also get vertical flips and quarter turns (all 8 symmetries of the square)
-    blur_p: float
-    blur_sigma: float
-    noise_std: float
-    checkpoint_every: int
-    accumulate_steps: int
+    blur_p: Probability
+    blur_sigma: Positive
+    noise_std: NonNegativeFloat
+    checkpoint_every: Count
+    accumulate_steps: Count
     compile: bool
     cache_dir: str
-    arch: str
-    source_size: int
-    image_size: int
-    batch_size: int
-    epochs: int
+    arch: Arch
+    source_size: Count
+    image_size: Count
+    batch_size: Annotated[int, Ge(2)]  # contrastive losses need at least two images per batch
+    epochs: Count
     cpu_bf16: bool = False     # bf16 autocast on CPUs that compute it natively (nanomorph.models.precision)
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    encoders: tuple[str, ...]
-    solver: str                  # batched | sklearn | paper (see nanomorph.probe.solvers)
-    test_fraction: float
-    C: float
-    tol: float
-    max_iter: int
-    paper_lr: float
-    paper_batch_size: int
-    paper_epochs: int
-    knn_k: int
-    feature_size: int
-    feature_stages: tuple[str, ...]
+    encoders: tuple[Literal["simclr", "barlow_twins", "random", "classical"], ...]
+    solver: Literal["batched", "sklearn", "paper"]  # see nanomorph.probe.solvers
+    test_fraction: OpenFraction
+    C: Positive
+    tol: Positive
+    max_iter: Count
+    paper_lr: Positive
+    paper_batch_size: Count
+    paper_epochs: Count
+    knn_k: Count
+    feature_size: Count
+    feature_stages: tuple[Stage, ...]
     feature_dihedral: bool       # average features over the 8 rotations/flips of each image
-    figure_n: int
-    advisor_budgets: tuple[int, ...]
-    labels_per_class: tuple[int, ...]
-    split_seeds: int
-    anchor_probes: int
-    advisor_seeds: int
-    advisor_random_draws: int
-    tsne_perplexity: float
+    figure_n: Count
+    advisor_budgets: tuple[Count, ...]
+    labels_per_class: tuple[Count, ...]
+    split_seeds: Count
+    anchor_probes: Count
+    advisor_seeds: Count
+    advisor_random_draws: Count
+    tsne_perplexity: Positive
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    encoders: tuple[str, ...]
-    classical: tuple[str, ...]
+    encoders: tuple[Literal["simclr", "barlow_twins", "random"], ...]
+    classical: tuple[Literal["otsu", "local"], ...]
     freeze_encoder: bool
-    lr: float
-    batch_size: int
-    test_fraction: float
-    validation_fraction: float
-    seed: int
-    train_sizes: tuple[int, ...]
-    epochs: tuple[int, ...]
-    object_min_size: int
-    image_size: int
-    epoch_scale: float
-    seeds: int
-    steps: int | None = None     # fixed optimiser steps per run (any n); None: the paper's epochs_for(n)
-    crop_size: int | None = None  # train on random windows of this side (native resolution); None: whole images
-    encoder_lr: float | None = None  # with freeze_encoder false: the encoder's own lr (BatchNorm kept fixed)
+    lr: Positive
+    batch_size: Count
+    test_fraction: OpenFraction
+    validation_fraction: Annotated[float, Interval(ge=0, lt=1)]
+    seed: NonNegative
+    train_sizes: tuple[Count, ...]
+    epochs: tuple[Count, ...]
+    object_min_size: NonNegative
+    image_size: Count
+    epoch_scale: Positive
+    seeds: Count
+    steps: Count | None = None   # fixed optimiser steps per run (any n); None: the paper's epochs_for(n)
+    crop_size: Count | None = None  # train on random windows of this side (native resolution); None: whole images
+    encoder_lr: Positive | None = None  # with freeze_encoder false: the encoder's own lr (BatchNorm kept fixed)
     dihedral: bool = False       # predict as the mean over the 8 rotations/flips of each image
-    loss: str = "dice"           # dice | dice+bce (nanomorph.segment.train.segmentation_loss)
+    loss: Literal["dice", "dice+bce"] = "dice"  # nanomorph.segment.train.segmentation_loss
     cpu_bf16: bool = False       # U-Net training and prediction in bf16 autocast on a native-bf16 CPU
+    balanced_subsets: bool = False  # training sets spread over the classes (segment.sweep)
+    predict_cpu_bf16: bool = False  # the sweep's predictions (only) in bf16 autocast on a native-bf16 CPU
 
     def epochs_for(self, n: int) -> int:
         """Paper epochs for the nearest listed training-set size, scaled by the profile (at least 1)."""
@@ -221,19 +244,19 @@ class SegmentConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     dir: str
-    probe_report_n: int
+    probe_report_n: Count
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
     classifier: str
     segmenter: str
-    eval_fraction: float
-    eval_seed: int
-    margin: float
+    eval_fraction: OpenFraction
+    eval_seed: NonNegative
+    margin: NonNegativeFloat
     beat_classical: bool
-    cv_folds: int
-    seed: int
+    cv_folds: Annotated[int, Ge(2)]
+    seed: NonNegative
 
 
 @dataclass(frozen=True)
@@ -265,6 +288,11 @@ class Config:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_SECTIONS = {"data": DataConfig, "validate": ValidateConfig, "pretrain": PretrainConfig, "probe": ProbeConfig,
+             "segment": SegmentConfig, "report": ReportConfig, "registry": RegistryConfig,
+             "tracking": TrackingConfig}
+
+
 def _tuplify(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuplify(v) for v in value)
@@ -287,7 +315,31 @@ def _section(raw: dict, name: str, cls: type, profile: str) -> Any:
         raise ConfigError(f"params.yaml: section '{name}' lacks {sorted(missing)} (profile '{profile}')")
     if unknown:
         raise ConfigError(f"params.yaml: section '{name}' has unknown keys {sorted(unknown)}")
-    return cls(**{k: _tuplify(v) for k, v in section.items()})
+    if cls is DataConfig:
+        for block, block_cls in _DATA_BLOCKS.items():
+            _check_keys(block_cls, section[block], f"data.{block}")
+    return _validated(cls, {k: _tuplify(v) for k, v in section.items()}, name)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validated(cls: type, values: dict[str, Any], section: str) -> Any:
+    """`cls(**values)` after pydantic has checked every field's type, range and allowed values.
+
+    All problems of the section at once, one line each: `params.yaml: <section>.<key> = <value>: <what is
+    allowed>`. Numbers written as text that read as numbers (YAML takes `1e-3` for a string) are accepted.
+    """
+    try:
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            key = section + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+            lines.append(f"params.yaml: {key} = {_shown(error['input'])}: {error['msg'].lower()}")
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
 def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
@@ -302,15 +354,12 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
     profile = profile or raw.get("profile", "cpu")
     if profile not in PROFILES:
         raise ConfigError(f"{path}: unknown profile '{profile}' (choose from {', '.join(PROFILES)})")
-    return Config(
-        profile=profile,
-        data=_section(raw, "data", DataConfig, profile),
-        validate=_section(raw, "validate", ValidateConfig, profile),
-        pretrain=_section(raw, "pretrain", PretrainConfig, profile),
-        probe=_section(raw, "probe", ProbeConfig, profile),
-        segment=_section(raw, "segment", SegmentConfig, profile),
-        report=_section(raw, "report", ReportConfig, profile),
-        registry=_section(raw, "registry", RegistryConfig, profile),
-        tracking=_section(raw, "tracking", TrackingConfig, profile),
-        raw=raw,
-    )
+    sections, problems = {}, []
+    for name, cls in _SECTIONS.items():  # every section's problems at once, not only the first section's
+        try:
+            sections[name] = _section(raw, name, cls, profile)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Config(profile=profile, **sections, raw=raw)

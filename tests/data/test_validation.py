@@ -226,3 +226,22 @@ def test_real_em_images_pass_the_checks(shared_data):
     assert len(outcome.manifest) == len(cem) + len(emps) > 20
     bad = outcome.quarantine
     assert bad.empty, bad[["path", "status", "reason"]].to_string()
+
+
+def test_the_same_image_under_two_classes_quarantines_every_copy_as_a_label_conflict(tmp_path):
+    nw = tmp_path / "nw"
+    for c in ("bundle", "network"):
+        for i in range(3):
+            save(nw / c / "images" / f"{c}{i}.png", noise(50 * len(c) + i))
+    twin = save(nw / "bundle" / "images" / "twin.png", noise(999))
+    (nw / "network" / "images" / "twin_copy.png").write_bytes(twin.read_bytes())
+    samples, _ = scan_nanowire_dataset(nw, ("bundle", "network"))
+    outcome = validate_manifest(build_manifest(samples, []), ("bundle", "network"), RULES)
+    judged = outcome.manifest.set_index(outcome.manifest["path"].map(lambda p: Path(p).name))
+    for name in ("twin.png", "twin_copy.png"):  # the first copy too: its label is as doubtful as the second's
+        assert "label_conflict" in judged.at[name, "status"].split(";")
+        assert ("label conflict: the same bytes (sha256) are labelled bundle, network in different files; every "
+                "copy is quarantined") in judged.at[name, "reason"]
+    assert sorted(Path(p).name for p in outcome.quarantine["path"]) == ["twin.png", "twin_copy.png"]
+    assert (judged.drop(index=["twin.png", "twin_copy.png"])["status"] == "ok").all()
+    assert (nw / "network" / "images" / "twin_copy.png").is_file()  # quarantined, not deleted

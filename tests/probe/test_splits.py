@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from nanomorph.probe.splits import nested_label_subsets, nested_subsets, random_split, stratified_split
+from nanomorph.probe.splits import (nested_label_subsets, nested_stratified_subsets, nested_subsets, random_split,
+                                   stratified_split)
 
 CLASSES = np.array(["bundle", "dispersed", "network", "singular"])
 
@@ -75,6 +76,22 @@ def test_nested_subsets_and_random_split():
     strata = np.repeat([0, 1], [12, 8])
     _, test = random_split(20, 0.25, seed=0, strata=strata)
     assert sorted(strata[test].tolist()) == [0, 0, 0, 1, 1]
+
+
+def test_nested_stratified_subsets_spread_over_classes_and_nest():
+    strata = np.repeat(["bundle", "dispersed", "network", "singular"], [10, 10, 10, 3])
+    train = np.arange(32)  # index 32 (a singular image) held out: never drawn
+    subsets = nested_stratified_subsets(train, [1, 4, 8, 12, 32], seed=3, strata=strata)
+    assert set(subsets[1]) <= set(subsets[4]) <= set(subsets[8]) <= set(subsets[12]) <= set(subsets[32]) == set(train)
+    assert sorted(strata[subsets[4]]) == ["bundle", "dispersed", "network", "singular"]  # one of each
+    counts = {c: int((strata[subsets[8]] == c).sum()) for c in np.unique(strata)}
+    assert set(counts.values()) == {2}
+    # a class that runs out (3 singular, one held out: 2 left) leaves its turns to the others
+    assert (strata[subsets[12]] == "singular").sum() == 2 and len(subsets[12]) == 12
+    again = nested_stratified_subsets(train, [1, 4, 8, 12, 32], seed=3, strata=strata)
+    assert all(np.array_equal(subsets[n], again[n]) for n in subsets)
+    other = nested_stratified_subsets(train, [4], seed=4, strata=strata)[4]
+    assert not np.array_equal(other, subsets[4])
 
 
 def test_given_split_from_a_manifest_column():

@@ -98,6 +98,20 @@ def test_sweep_rows_cover_every_run_and_only_test_images():
     assert df[["dice", "iou"]].apply(lambda c: c.between(0, 1)).all().all()
 
 
+def test_balanced_subsets_give_learned_and_classical_the_same_class_spread_training_sets():
+    images, masks = _squares(24, seed=4)
+    strata = np.repeat([0, 1, 2, 3], 6)
+    runs = []
+    segmentation_sweep(
+        images, masks, {"smp_init": None}, arch=ARCH, train_sizes=[4], epochs_for=lambda n: 1, seeds=[2],
+        test_fraction=0.25, lr=1e-3, batch_size=2, freeze_encoder=True, strata=strata, progress=False,
+        on_run=runs.append, classical=["otsu"], balanced_subsets=True,
+    )
+    assert {r.encoder for r in runs} == {"smp_init", "otsu"}
+    assert np.array_equal(runs[0].fit_idx, runs[1].fit_idx)
+    assert sorted(strata[runs[0].fit_idx].tolist()) == [0, 1, 2, 3]
+
+
 def test_validation_part_is_scored_and_never_trained_on():
     from nanomorph.segment.sweep import split_train_validation_test
 

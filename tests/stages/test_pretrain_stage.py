@@ -16,7 +16,8 @@ import yaml
 from PIL import Image
 
 from nanomorph.data.io import read_image
-from nanomorph.stages.pretrain import main
+from nanomorph.config import load_config
+from nanomorph.stages.pretrain import main, set_aside_other_run, training_fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,48 @@ def test_two_torchrun_ranks_train_once_and_only_rank0_writes(project):
     assert torch.load(work / "models" / "checkpoints" / "barlow_twins" / "last.pt", weights_only=True)["step"] == 1
     runs = _pretrain_runs(uri, "barlow_twins")
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
+
+
+def test_a_params_mistake_fails_in_one_line_before_the_checkpoint_is_touched(project, capsys):
+    work, _ = project
+    ckpt = work / "models" / "checkpoints" / "simclr" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"a paper-scale run's resume point")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["pretrain"]["scale"]["micro"]["lr"] = "fast"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["--method", "simclr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["nanomorph pretrain: error: params.yaml: pretrain.lr = 'fast': input should be a valid number, unable to parse "
+                                "string as a number"]
+    assert ckpt.read_bytes() == b"a paper-scale run's resume point"
+    assert list(ckpt.parent.iterdir()) == [ckpt]
+
+
+def test_only_training_parameters_change_the_checkpoint_fingerprint(project):
+    work, _ = project
+    base = yaml.safe_load((work / "params.yaml").read_text())
+
+    def fingerprint(edit) -> str:
+        params = json.loads(json.dumps(base))
+        edit(params)
+        (work / "p.yaml").write_text(yaml.safe_dump(params))
+        return training_fingerprint(load_config(work / "p.yaml"), "simclr", "images-key", 1)
+
+    same = fingerprint(lambda p: None)
+    assert fingerprint(lambda p: p["probe"].update(C=2.0)) == same            # another stage's section
+    assert fingerprint(lambda p: p["pretrain"].update(checkpoint_every=5)) == same
+    assert fingerprint(lambda p: p["pretrain"].update(methods=["simclr"])) == same
+    assert fingerprint(lambda p: p["pretrain"].update(temperature=0.2)) != same
+    assert fingerprint(lambda p: p["pretrain"]["scale"]["micro"].update(epochs=2)) != same
+    assert training_fingerprint(load_config(work / "params.yaml"), "simclr", "other-images", 1) != same
+
+
+def test_another_runs_checkpoint_is_set_aside_not_deleted(tmp_path):
+    ckpt = tmp_path / "simclr" / "last.pt"
+    assert set_aside_other_run(ckpt, "aaaa") is None          # nothing yet: the stamp is written
+    ckpt.write_bytes(b"run A")
+    assert set_aside_other_run(ckpt, "aaaa") is None and ckpt.read_bytes() == b"run A"  # same run: resume
+    aside = set_aside_other_run(ckpt, "bbbb")
+    assert aside is not None and not ckpt.exists() and aside.read_bytes() == b"run A"
+    assert json.loads((ckpt.parent / "params_hash.json").read_text()) == {"params_hash": "bbbb"}

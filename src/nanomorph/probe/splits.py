@@ -111,6 +111,25 @@ def _usable_sizes(sizes: Sequence[int], available: int, what: str) -> list[int]:
     return usable
 
 
+def nested_stratified_subsets(
+    train_idx: np.ndarray, sizes: Sequence[int], seed: int, strata: np.ndarray
+) -> dict[int, np.ndarray]:
+    """{n: sorted n of `train_idx`}, nested in n, spread over the classes of `strata` (indexed like the data).
+
+    Each class's train indices get one seeded permutation and the classes (in a seeded order) take turns, so
+    every n-subset holds floor(n / classes) or one more of each class while it lasts: what a microscopist
+    labelling a few images would choose (one of each morphology) rather than a draw that may miss a class.
+    """
+    train_idx = np.asarray(train_idx)
+    strata = np.asarray(strata)[train_idx]
+    rng = np.random.default_rng(seed)
+    per_class = [list(rng.permutation(train_idx[strata == c])) for c in rng.permutation(np.unique(strata))]
+    order = []
+    while any(per_class):
+        order.extend(p.pop(0) for p in per_class if p)
+    return {n: np.sort(np.array(order[:n], dtype=int)) for n in _usable_sizes(sizes, len(order), "training items")}
+
+
 def nested_label_subsets(
     labels: np.ndarray, train_idx: np.ndarray, sizes: Sequence[int], seed: int
 ) -> dict[int, np.ndarray]:

@@ -18,7 +18,7 @@ import segmentation_models_pytorch as smp
 import torch
 from tqdm.auto import tqdm
 
-from nanomorph.probe.splits import SplitRule, as_rule, nested_subsets, random_split
+from nanomorph.probe.splits import SplitRule, as_rule, nested_stratified_subsets, nested_subsets, random_split
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.model import build_unet
@@ -110,6 +110,8 @@ def segmentation_sweep(
     dihedral: bool = False,
     loss: str = "dice",
     cpu_bf16: bool = False,
+    balanced_subsets: bool = False,
+    predict_cpu_bf16: bool | None = None,
 ) -> pd.DataFrame:
     """Rows (encoder, seed, n, split, image_index, dice, iou): one per validation or test image per
     (encoder, seed, n) run.
@@ -120,7 +122,10 @@ def segmentation_sweep(
     predictions included), e.g. to keep the predictions of some runs for further analysis.
     `steps`, when given, trains every run for that many optimiser steps (whatever n) instead of
     `epochs_for(n)` epochs. `crop_size`, `encoder_lr` and `loss` go to `train_segmenter`,
-    `dihedral` to `predict_masks`, `cpu_bf16` to both.
+    `dihedral` to `predict_masks`, `cpu_bf16` to both (`predict_cpu_bf16`, when given, to `predict_masks`
+    instead: float32 training with bf16 prediction).
+    `balanced_subsets` (with `strata`): training sets spread over the strata's classes
+    (`nested_stratified_subsets`: at n = 4 one image of each of 4 morphologies) instead of a plain draw.
     `classical` names classical segmenters (nanomorph.segment.classical) fitted on the same training images of
     every (seed, n) and scored on the same validation and test images; their rows carry the method's name in
     `encoder` (they reach `on_run` with `model=None`).
@@ -133,9 +138,12 @@ def segmentation_sweep(
     for seed in seeds:
         train_idx, val_idx, test_idx = split_train_validation_test(len(images), test_fraction, validation_fraction,
                                                                    seed, strata)
-        for n, fit_idx in nested_subsets(train_idx, train_sizes, seed).items():
+        subsets = (nested_stratified_subsets(train_idx, train_sizes, seed, strata)
+                   if balanced_subsets and strata is not None else nested_subsets(train_idx, train_sizes, seed))
+        for n, fit_idx in subsets.items():
             plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in encoder_states)
             classical_plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in classical)
+    predict_bf16 = cpu_bf16 if predict_cpu_bf16 is None else predict_cpu_bf16
     rows: list[dict] = []
     for name, seed, n, fit_idx, val_idx, test_idx in classical_plan:
         segmenter = fit_classical(name, images[fit_idx], masks[fit_idx], min_size=object_min_size)
@@ -154,10 +162,10 @@ def segmentation_sweep(
         )
         if len(val_idx):
             val_pred = predict_masks(model, images[val_idx], batch_size=max(batch_size, 8), device=device,
-                                     dihedral=dihedral, cpu_bf16=cpu_bf16)
+                                     dihedral=dihedral, cpu_bf16=predict_bf16)
             rows.extend(_score_rows(name, seed, n, "validation", val_idx, val_pred, masks))
         pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device,
-                             dihedral=dihedral, cpu_bf16=cpu_bf16)
+                             dihedral=dihedral, cpu_bf16=predict_bf16)
         rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
         if on_run is not None:
             on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))

@@ -31,7 +31,8 @@ def stage_main(stage: str, body: Callable[[Config, argparse.Namespace], None],
         cfg = load_config(args.params, profile=args.profile)
         body(cfg, args)
     except NanomorphError as exc:
-        print(f"nanomorph {stage}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # several problems (params.yaml): one prefixed line each
+            print(f"nanomorph {stage}: error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -90,14 +91,35 @@ def distributed_process() -> Iterator[Process]:
             dist.destroy_process_group()
 
 
-def _fresh_or_resumable(ckpt: Path, fingerprint: str) -> None:
-    """Keep a checkpoint only if it was written under the same params; a killed run then resumes from it."""
+# pretrain keys that do not change what is trained: a new value must not cost a run its resume point
+_NOT_TRAINING_KEYS = ("methods", "checkpoint_every", "compile", "cache_dir")
+
+
+def training_fingerprint(cfg: Config, method: str, data_key: str, world: int) -> str:
+    """What shapes a pretraining run: the pretrain section (less `_NOT_TRAINING_KEYS`), the method, the image
+    set (its cache key, a hash of the decoded images), the world size (it fixes the BatchNorm groups) and the
+    checkpoint format. Edits elsewhere in params.yaml (another stage's section, a comment) leave it unchanged."""
+    shaping = {k: v for k, v in cfg.section_params("pretrain").items() if k not in _NOT_TRAINING_KEYS}
+    text = json.dumps({"pretrain": shaping, "method": method, "images": data_key, "world": world,
+                       "format": CHECKPOINT_FORMAT}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def set_aside_other_run(ckpt: Path, fingerprint: str) -> Path | None:
+    """Keep `ckpt` for resuming when it was written under `fingerprint`; otherwise move it (never delete it)
+    to `<name>.other-run.pt` and return that path, for the caller to delete once the new run has finished.
+
+    The stamp beside the checkpoint records the fingerprint it belongs to."""
     stamp = ckpt.with_name("params_hash.json")
+    aside = None
     if ckpt.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("params_hash") != fingerprint):
-        print(f"discarding checkpoint {ckpt}: written under other parameters", file=sys.stderr)
-        ckpt.unlink()
+        aside = ckpt.with_name(f"{ckpt.stem}.other-run{ckpt.suffix}")
+        os.replace(ckpt, aside)
+        print(f"{ckpt}: written under other training parameters; kept as {aside} until this run finishes",
+              file=sys.stderr)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"params_hash": fingerprint}))
+    return aside
 
 
 def _image_files(cfg: Config, folder: Path | None) -> list[Path]:
@@ -141,12 +163,10 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
         raise NanomorphError(f"unknown pretraining method '{method}' (choose from {', '.join(METHODS)})")
     with distributed_process() as process:
         data = load_pretraining_images(cfg, args.images, process)
-        ckpt = checkpoint_path(method)
+        ckpt, other_run = checkpoint_path(method), None
         if process.main:
-            # The world size fixes the BatchNorm group size, so another one is another run; so is another
-            # checkpoint format (a checkpoint the loop would refuse is discarded here instead).
-            _fresh_or_resumable(ckpt, f"{cfg.params_hash}:{method}:{data.key}:world{process.world}:"
-                                      f"format{CHECKPOINT_FORMAT}")
+            # (params.yaml was validated when it was loaded, so a typo never gets here to move a checkpoint)
+            other_run = set_aside_other_run(ckpt, training_fingerprint(cfg, method, data.key, process.world))
         process.barrier()
         with tracked(cfg, f"pretrain-{method}", ("pretrain",)) if process.main else contextlib.nullcontext():
             if process.main:
@@ -168,6 +188,8 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
             )
             if process.main:
                 _write_outputs(method, p.image_size, p.epochs, cfg.params_hash, data, result)
+                if other_run is not None:
+                    other_run.unlink(missing_ok=True)
 
 
 def _write_outputs(method: str, image_size: int, epochs: int, params_hash: str, data: CachedImages,

@@ -143,6 +143,7 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
             strata=labels, device=best_device(), on_run=kept, classical=sg.classical, progress=on_terminal(),
             object_min_size=sg.object_min_size, steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
             dihedral=sg.dihedral, loss=sg.loss, cpu_bf16=sg.cpu_bf16,
+            balanced_subsets=sg.balanced_subsets, predict_cpu_bf16=sg.predict_cpu_bf16,
         )
         scored["image"] = rows["path"].to_numpy()[scored["image_index"].to_numpy()]
         validation = scored[scored["split"] == "validation"]
