@@ -102,3 +102,10 @@ def test_numbers_yaml_reads_as_text_are_accepted_and_unknown_nested_keys_refused
     assert cfg.pretrain.lr == 1e-3
     with pytest.raises(ConfigError, match=r"data.http has unknown keys \['retry'\]"):
         load_config(_with(tmp_path, {"data.http.retry": 3}))
+
+
+def test_the_predict_quality_gate_uses_the_shipped_validate_thresholds():
+    from nanomorph.data.validation import QualityRules
+
+    v = load_config(ROOT / "params.yaml").validate
+    assert QualityRules() == QualityRules(v.min_side, v.min_std, v.max_saturated_fraction)

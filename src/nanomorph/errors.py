@@ -16,3 +16,8 @@ class ImageReadError(NanomorphError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class StageInterrupted(BaseException):
+    """A stage stopped from outside (SIGTERM); like KeyboardInterrupt it is not an Exception, so no handler for
+    errors swallows it."""

@@ -32,7 +32,8 @@ from nanomorph.analysis.density import pixel_density
 from nanomorph.analysis.objects import count_objects
 from nanomorph.analysis.percolation import percolates
 from nanomorph.data.io import read_image
-from nanomorph.data.layout import find_images
+from nanomorph.data.layout import display_path, find_images
+from nanomorph.data.validation import QualityRules, quality_problems
 from nanomorph.errors import ImageReadError, NanomorphError
 from nanomorph.segment.classical import CLASSICAL_SEGMENTERS, ClassicalSegmenter
 from nanomorph.tracking.registry import ModelRef, parse_model_ref, resolve
@@ -136,18 +137,19 @@ class PredictionRun:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-# Errors one input can cause while it is read or predicted; anything else is a bug and stops the run.
-_PER_FILE_ERRORS: tuple[type[BaseException], ...] = (ImageReadError, ValueError)
+# Only a file that cannot be decoded is a bad file; any other error is a bug and stops the run.
+_PER_FILE_ERRORS: tuple[type[BaseException], ...] = (ImageReadError,)
 
 
 def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | None, out_dir: Path,
-                  progress: bool = True, tiled: bool = False) -> PredictionRun:
+                  progress: bool = True, tiled: bool = False, quality: QualityRules = QualityRules()
+                  ) -> PredictionRun:
     """Run the models on every file; write predictions.csv, skipped.csv and overlays into `out_dir`.
 
+    A file that cannot be decoded, or whose image fails `quality` (too small, blank, saturated: the validate
+    stage's checks), is skipped with its reason. File names are shown as printable UTF-8 everywhere (bytes
+    that are not UTF-8 as %XX), so one odd name cannot stop the batch or its tables.
     `tiled`: the segmenter works at each image's own resolution by tiles instead of resizing it."""
-    from mlflow.exceptions import MlflowException
-
-    per_file_errors = (*_PER_FILE_ERRORS, MlflowException)
     if classifier is None and segmenter is None:
         raise NanomorphError("nothing to do: no classifier and no segmenter")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,10 +159,16 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
     used: set[str] = set()
     bar = tqdm(files, desc="predict", unit="image", disable=not progress)
     for path in bar:
+        shown = display_path(path)
         try:
             image = read_image(path)
+            problems = quality_problems(image, quality)
+            if problems:
+                skipped.append({"file": shown, "reason": "not predicted: " + "; ".join(problems)})
+                tqdm.write(f"skipped {shown}: {skipped[-1]['reason']}", file=sys.stderr)
+                continue
             frame = pd.DataFrame({"image": [image]})
-            row: dict[str, Any] = {"file": str(path)}
+            row: dict[str, Any] = {"file": shown}
             if classifier is not None:
                 row.update(classifier.predict(frame).iloc[0].to_dict())
             if segmenter is not None:
@@ -169,13 +177,12 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
                 row.update(density=float(seg["density"]), percolates=bool(seg["percolates"]),
                            objects=int(seg["objects"]))
                 overlay_dir.mkdir(exist_ok=True)
-                target = overlay_dir / _unique_name(path.stem, used)
+                target = overlay_dir / _unique_name(display_path(path.stem), used)
                 Image.fromarray(overlay(image, mask)).save(target)
-                row["overlay"] = str(target)
-        except per_file_errors as exc:
-            reason = exc.reason if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
-            skipped.append({"file": str(path), "reason": reason.splitlines()[0]})
-            tqdm.write(f"skipped {path}: {skipped[-1]['reason']}", file=sys.stderr)
+                row["overlay"] = display_path(target)
+        except _PER_FILE_ERRORS as exc:
+            skipped.append({"file": shown, "reason": exc.reason.splitlines()[0]})
+            tqdm.write(f"skipped {shown}: {skipped[-1]['reason']}", file=sys.stderr)
             continue
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -41,10 +41,16 @@ def test_tiff(tmp_path, array, suffix):
     np.testing.assert_allclose(read_image(path), array / np.iinfo(array.dtype).max, atol=1e-7)
 
 
-def test_float_tiff_is_clipped(tmp_path):
+def test_float_tiffs_are_read_as_they_are_or_refused_never_clipped(tmp_path):
     path = tmp_path / "f.tif"
-    tifffile.imwrite(path, np.array([[-0.5, 0.25], [0.75, 3.0]], dtype=np.float32))
+    tifffile.imwrite(path, np.array([[0.0, 0.25], [0.75, 1.0]], dtype=np.float32))
     np.testing.assert_allclose(read_image(path), [[0.0, 0.25], [0.75, 1.0]])
+    tifffile.imwrite(path, np.array([[-0.5, 0.25], [0.75, 3.0]], dtype=np.float32))
+    with pytest.raises(ImageReadError, match=r"f.tif: intensities must lie in \[0, 1\], got \[-0.5, 3\]"):
+        read_image(path)
+    tifffile.imwrite(path, np.array([[np.nan, 0.25]], dtype=np.float32))
+    with pytest.raises(ImageReadError, match="f.tif: float image contains NaN or infinite values"):
+        read_image(path)
 
 
 RGB = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [90, 180, 30]]], dtype=np.uint8)

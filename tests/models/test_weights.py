@@ -35,7 +35,8 @@ def test_a_malicious_file_is_refused_for_safety_and_runs_nothing(tmp_path):
 
 @pytest.mark.parametrize("content, says", [
     (b"", "not a"),
-    (b"certainly not a checkpoint", "not a"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(64), "not a PyTorch weights file"),  # an image renamed .pt
+    (b'{"state_dict": {}}', "not a PyTorch weights file"),
 ])
 def test_corrupt_files_are_one_line_naming_the_file(tmp_path, content, says):
     path = tmp_path / "last.pt"

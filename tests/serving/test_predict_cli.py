@@ -102,3 +102,37 @@ def test_predict_classical_spec_mistake_is_one_line(tmp_path, capsys):
                  str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown part 'watershed'" in err[0]
+
+
+def test_predict_skips_images_no_model_can_judge_and_survives_names_that_are_not_utf8(tiny_registry, tmp_path,
+                                                                                    capsys):
+    import os
+
+    import tifffile
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    good = tiny_registry.files[0]
+    odd = os.fsencode(folder) + b"/caf\xe9" + os.fsencode(good.suffix)  # a Latin-1 name, as old Windows tools write
+    with open(odd, "wb") as f:
+        f.write(good.read_bytes())
+    Image.fromarray(np.full((1, 1), 128, np.uint8)).save(folder / "one_pixel.png")
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(folder / "blank.png")
+    nan = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    nan[3, 3] = np.nan
+    tifffile.imwrite(folder / "nan.tif", nan)
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--model", f"{CLASSIFIER}@champion", "--segmenter", f"{SEGMENTER}@champion",
+                 "--out", str(out), "--tracking-uri", tiny_registry.tracking_uri, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["file"].tolist() == [f"{folder}/caf%E9{good.suffix}"] and "prob_bundle" in table
+    assert (out / "overlays" / "caf%E9.png").is_file()
+    skipped = pd.read_csv(out / "skipped.csv").set_index("file")["reason"].to_dict()
+    assert skipped == {
+        f"{folder}/blank.png": "not predicted: blank or near-constant: intensity std 0.0000 < 0.005",
+        f"{folder}/nan.tif": "float image contains NaN or infinite values",
+        f"{folder}/one_pixel.png": "not predicted: 1x1 px is below the 16 px minimum side; blank or near-constant: "
+                                   "intensity std 0.0000 < 0.005",
+    }

@@ -83,6 +83,10 @@ CHECKS: tuple[Check, ...] = (
     Check("unique_sha256", "files",
           lambda r: [gx.expectations.ExpectColumnValuesToBeNull(column="duplicate_of")],
           lambda row, r: f"duplicate: same bytes (sha256) as {row['duplicate_of']}"),
+    Check("label_conflict", "files",
+          lambda r: [gx.expectations.ExpectColumnValuesToBeNull(column="label_conflict")],
+          lambda row, r: f"label conflict: the same bytes (sha256) are labelled {row['label_conflict']} in different "
+                         "files; every copy is quarantined"),
     Check("near_duplicate", "files",
           lambda r: [gx.expectations.ExpectColumnValuesToBeNull(column="near_duplicate_of")],
           lambda row, r: f"near-duplicate of {row['near_duplicate_of']} (perceptual hash {int(row['near_duplicate_bits'])} "

@@ -152,15 +152,23 @@ def decode(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, palette_indic
 
 
 def to_unit_range(array: np.ndarray) -> np.ndarray:
-    """Scale by the dtype's range: uint8 / 255, uint16 / 65535, other integers by their maximum; floats and
-    bools are clipped to [0, 1]. Returns float32."""
+    """Scale by the dtype's range: uint8 / 255, uint16 / 65535, other integers by their maximum; bools as 0/1.
+    Floats are taken as intensities already in [0, 1]: NaN, infinite or out-of-range values raise ValueError
+    (clipping or zeroing them would silently change the picture). Returns float32. The one conversion every
+    path uses: the pipeline's stacks, `nanomorph predict` and the served models' array inputs."""
     if array.dtype == bool:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
         top = np.iinfo(array.dtype).max
         return (np.clip(array, 0, top).astype(np.float64) / top).astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
-        return np.clip(np.nan_to_num(array.astype(np.float32), nan=0.0), 0.0, 1.0)
+        unit = array.astype(np.float32)
+        if not np.isfinite(unit).all():
+            raise ValueError("float image contains NaN or infinite values")
+        low, high = (float(unit.min()), float(unit.max())) if unit.size else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"intensities must lie in [0, 1], got [{low:g}, {high:g}]; scale them first")
+        return unit
     raise ValueError(f"unsupported pixel type {array.dtype}")
 
 

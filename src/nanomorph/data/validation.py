@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,32 @@ def storage_format(path: Path) -> tuple[str, int]:
     return mode, bits
 
 
+@dataclass(frozen=True)
+class QualityRules:
+    """The validate stage's per-image checks (params.yaml validate.min_side, min_std, max_saturated_fraction;
+    these defaults are the shipped values) for images met outside the pipeline, e.g. by `nanomorph predict`."""
+
+    min_side: int = 16
+    min_std: float = 0.005
+    max_saturated_fraction: float = 0.5
+
+
+def quality_problems(image: np.ndarray, rules: QualityRules = QualityRules()) -> list[str]:
+    """Why a decoded (H, W) [0, 1] image cannot be judged by a model: too small, blank, saturated (the validate
+    stage's wording); empty when it can. A model would still answer for such an image, confidently and wrongly."""
+    height, width = image.shape[:2]
+    problems = []
+    if min(height, width) < rules.min_side:
+        problems.append(f"{width}x{height} px is below the {rules.min_side} px minimum side")
+    std = float(image.std()) if image.size else 0.0
+    if std < rules.min_std:
+        problems.append(f"blank or near-constant: intensity std {std:.4f} < {rules.min_std}")
+    saturated = float(np.mean((image <= 0.0) | (image >= 1.0))) if image.size else 0.0
+    if saturated > rules.max_saturated_fraction:
+        problems.append(f"saturated: {saturated:.1%} of pixels at 0 or 1 (> {rules.max_saturated_fraction:.1%})")
+    return problems
+
+
 def gray_unit(raw: np.ndarray) -> np.ndarray:
     """The float32 (H, W) 0-1 image downstream stages see (what `io.read_image` returns)."""
     unit = to_unit_range(raw)
@@ -183,7 +210,7 @@ COLUMNS = (
     "kind", "path", "label", "split", "sha256", "width", "height", "image_size", "mode", "bit_depth",
     "intensity_min", "intensity_max", "intensity_mean", "intensity_std", "saturated_fraction", "phash",
     "mask_path", "mask_width", "mask_height", "mask_size", "mask_values", "mask_binary", "mask_coverage",
-    "duplicate_of", "near_duplicate_of", "near_duplicate_bits", "name_error", "decode_error", "mask_error",
+    "duplicate_of", "label_conflict", "near_duplicate_of", "near_duplicate_bits", "name_error", "decode_error", "mask_error",
 )
 
 
@@ -208,6 +235,15 @@ def build_manifest(nanowires: Iterable[Sample], generic: Iterable[Path], *, max_
             else:
                 first_of[digest] = i
     manifest["duplicate_of"] = duplicate_of
+    # The same bytes under two class labels: which label is right cannot be told, so EVERY copy is quarantined
+    # (keeping the first copy would keep its label silently).
+    labels_of: dict[str, set[str]] = {}
+    for digest, kind, label in zip(manifest["sha256"], manifest["kind"], manifest["label"]):
+        if isinstance(digest, str) and kind == "nanowire" and isinstance(label, str):
+            labels_of.setdefault(digest, set()).add(label)
+    manifest["label_conflict"] = [
+        ", ".join(sorted(labels_of[digest])) if kind == "nanowire" and len(labels_of.get(digest, ())) > 1 else None
+        for digest, kind in zip(manifest["sha256"], manifest["kind"])]
 
     kinds, splits = manifest["kind"].tolist(), manifest["split"].tolist()
     eligible = [hashes[i] is not None and kinds[i] == "nanowire" and duplicate_of[i] is None for i in range(len(manifest))]

@@ -15,6 +15,9 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from nanomorph.errors import NanomorphError
+from nanomorph.models.weights import load_weights
+
 ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Fixed normalisation for [0, 1] EM intensities: bright film near 0.6-0.8, dark objects near 0.2-0.4.
@@ -108,8 +111,10 @@ def save_encoder(path: str | Path, encoder: ResNetEncoder, meta: dict[str, Any])
 
 
 def load_encoder(path: str | Path) -> tuple[ResNetEncoder, dict[str, Any]]:
-    """Load an encoder saved by `save_encoder` (weights_only: no pickled code is executed)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load an encoder saved by `save_encoder` (`load_weights`: no pickled code is executed)."""
+    blob = load_weights(path)
+    if not isinstance(blob, dict) or not {"arch", "in_channels", "state_dict", "meta"} <= set(blob):
+        raise NanomorphError(f"{path}: not a nanomorph encoder file (expected the keys save_encoder writes)")
     encoder = ResNetEncoder(blob["arch"], blob["in_channels"])
     encoder.trunk.load_state_dict(blob["state_dict"], strict=False)
     missing = set(encoder.trunk.state_dict()) - set(blob["state_dict"]) - {k for k in encoder.trunk.state_dict() if k.startswith("fc.")}

@@ -31,15 +31,12 @@ def _array_image(value: object, row: int) -> np.ndarray:
         return to_unit_range(array)
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"row {row}: 'image' has unsupported pixel type {array.dtype}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"row {row}: 'image' contains NaN or infinite values")
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
-        # Clipping would silently change the picture; raw 0-255 values sent as numbers land here.
-        raise ValueError(f"row {row}: 'image' intensities must lie in [0, 1], got [{low:g}, {high:g}]; "
-                         "scale raw pixels by their type's maximum first")
-    return array
+    # Other integers (raw 0-255 values sent as Python numbers, say) are intensities too, so [0, 1] applies;
+    # the float rule is io.to_unit_range's, the same as for files.
+    try:
+        return to_unit_range(array.astype(np.float32))
+    except ValueError as exc:
+        raise ValueError(f"row {row}: 'image' {exc}") from None
 
 
 def images_from_frame(frame: pd.DataFrame) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nanomorph.models.weights import load_weights
 from nanomorph.analysis.density import pixel_density
 from nanomorph.analysis.objects import count_objects
 from nanomorph.analysis.percolation import percolates
@@ -101,7 +102,7 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
         self.object_min_size = int(config["object_min_size"])
         self.dihedral = bool(config.get("dihedral", False))  # absent in models logged before it existed
         self.unet = build_unet(config["arch"], encoder_state=None, freeze_encoder=False)
-        self.unet.load_state_dict(torch.load(artifacts["unet"], map_location="cpu", weights_only=True), strict=True)
+        self.unet.load_state_dict(load_weights(artifacts["unet"]), strict=True)
         self.unet.eval()
         self.device = _device()
 

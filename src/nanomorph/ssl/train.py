@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from nanomorph.models.encoder import Projector, ResNetEncoder, normalise
 from nanomorph.models.precision import cpu_bf16_dtype
+from nanomorph.models.weights import load_weights
 from nanomorph.ssl.barlow_twins import barlow_twins_loss
 from nanomorph.ssl.lars import LARS
 from nanomorph.ssl.simclr import nt_xent_loss
@@ -496,7 +497,7 @@ def _load_checkpoint(path: Path | None, ranks: _Ranks) -> dict[str, Any] | None:
     """Rank 0's checkpoint, if any, on every rank (broadcast: other ranks need not see rank 0's files)."""
     blob = None
     if ranks.main and path is not None and Path(path).exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_weights(path)
     if ranks.world > 1:
         holder = [blob]
         dist.broadcast_object_list(holder, src=0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -12,7 +14,35 @@ from pathlib import Path
 from typing import Any
 
 from nanomorph.config import Config, load_config
-from nanomorph.errors import NanomorphError
+from nanomorph.errors import NanomorphError, StageInterrupted
+
+
+def show_messages() -> None:
+    """nanomorph's own log messages (e.g. "resuming from step N") as plain lines on stderr; other libraries'
+    loggers are left as they are, so their INFO chatter stays out of the stage logs."""
+    logger = logging.getLogger("nanomorph")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        handler = _StderrLines()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+class _StderrLines(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a message is written (not the one at setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    # dvc and schedulers stop a stage with SIGTERM: unwind as an interruption, so the MLflow run ends KILLED
+    raise StageInterrupted(f"stopped by signal {signal.Signals(signum).name}")
 
 
 def stage_main(stage: str, body: Callable[[Config, argparse.Namespace], None],
@@ -27,13 +57,21 @@ def stage_main(stage: str, body: Callable[[Config, argparse.Namespace], None],
     args = parser.parse_args(argv)
     if not on_terminal():  # MLflow's own artifact progress bars, as ours, only on a terminal
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    show_messages()
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         cfg = load_config(args.params, profile=args.profile)
         body(cfg, args)
+    except (KeyboardInterrupt, StageInterrupted) as exc:
+        print(f"nanomorph {stage}: interrupted ({exc or 'Ctrl-C'}); its MLflow run is marked KILLED, "
+              "a rerun resumes from the last checkpoint where the stage keeps one", file=sys.stderr)
+        return 130
     except NanomorphError as exc:
         for line in str(exc).splitlines() or [""]:  # several problems (params.yaml): one prefixed line each
             print(f"nanomorph {stage}: error: {line}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from nanomorph.errors import StageInterrupted
+
 PIPELINE_TAG = "nanomorph.pipeline_key"
 
 
@@ -99,4 +101,11 @@ def stage_run(stage: str, *, repo_root: Path, tracking_uri: str, experiment: str
                 "dvc_data_hash": dvc_data_hash(repo_root), "params_hash": params_hash,
             })
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
-            yield run
+            try:
+                yield run
+            except (KeyboardInterrupt, StageInterrupted):
+                # Interrupted, not failed: end the stage's run and the pipeline's parent run as KILLED (MLflow's
+                # own exit would call both FAILED); any other exception ends them FAILED.
+                mlflow.end_run(status="KILLED")
+                mlflow.end_run(status="KILLED")
+                raise
