@@ -4,18 +4,15 @@ Variants: `rf` scikit-image multiscale_basic_features (intensity, edges, texture
 random forest (60k training pixels); `rfl` + Sauvola local-threshold residuals as features; `rfb` balanced class
 weights; `rf+<encoder>` + the encoder's conv1/layer1/layer2 maps upsampled (hypercolumns; `random` for random
 init); `local`/`otsu` the classical segmenters. Median test dice per (split seed, n). WORK holds seg_stacks.npz
-(written by seg_variants.py or here) and the encoders. Not adopted (tune_views.json round 3).
+(written by seg_variants.py) and the encoders. Not adopted (tune_views.json round 3).
 
     python benchmarks/tune_views/pixel_classifier.py WORK local,rf,rf+simclr-paper0.5-1.0-bf16 1,4,8 1001,1002
 """
-import sys, time, json, tempfile
+import sys, time, json
 from pathlib import Path
 import numpy as np, torch
 from skimage.feature import multiscale_basic_features
 from sklearn.ensemble import RandomForestClassifier
-from nanomorph.data.io import load_image_stack, load_mask_stack
-from nanomorph.data.layout import find_nanowire_dataset
-from nanomorph.data.synthetic import write_nanowire_dataset
 from nanomorph.probe.splits import nested_subsets
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
@@ -24,13 +21,9 @@ from nanomorph.analysis.objects import label_objects
 from nanomorph.models.encoder import load_encoder, normalise, random_encoder
 torch.set_num_threads(2)
 WORK = Path(sys.argv.pop(1)); classes = ("bundle", "dispersed", "network", "singular")
-cache = WORK / "seg_stacks.npz"
+cache = WORK / "seg_stacks.npz"  # the tuning stacks seg_variants.py writes (generator seed 1)
 if not cache.exists():
-    with tempfile.TemporaryDirectory() as tmp:
-        write_nanowire_dataset(Path(tmp), classes, 100, 128, 1, progress=False)
-        s = find_nanowire_dataset(Path(tmp), classes)
-        np.savez(cache, i128=load_image_stack([x.image for x in s], 128), m128=load_mask_stack([x.mask for x in s], 128),
-                 labels=np.array([x.label for x in s]))
+    sys.exit(f"{cache} is missing: run benchmarks/tune_views/seg_variants.py WORK local@128 1 1001 first")
 z = np.load(cache); X, M, labels = z["i128"], z["m128"], z["labels"]
 variants = sys.argv[1].split(","); sizes = [int(v) for v in sys.argv[2].split(",")]
 seeds = [int(v) for v in sys.argv[3].split(",")]

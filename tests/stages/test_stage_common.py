@@ -4,30 +4,15 @@ FAILED for a failed stage and KILLED for an interrupted one."""
 import logging
 import os
 import signal
-from pathlib import Path
 
 import mlflow
-import pytest
-import yaml
 
 from nanomorph.errors import NanomorphError
 from nanomorph.stages._common import stage_main, tracked
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"] = "micro"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
-def _statuses(uri: str) -> dict[str, str]:
+def _statuses(project) -> dict[str, str]:
+    _, uri = project
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name("nanomorph")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
