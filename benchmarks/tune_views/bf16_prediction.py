@@ -6,7 +6,7 @@ training in float32). Justifies segment.predict_cpu_bf16.
     python benchmarks/tune_views/bf16_prediction.py WORK
 """
 import sys
-import json, numpy as np, torch
+import json, numpy as np
 from nanomorph.models.encoder import load_encoder
 from nanomorph.probe.splits import nested_stratified_subsets
 from nanomorph.segment.metrics import dice_iou

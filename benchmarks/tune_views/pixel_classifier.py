@@ -20,7 +20,7 @@ from nanomorph.segment.sweep import split_train_validation_test
 from nanomorph.analysis.objects import label_objects
 from nanomorph.models.encoder import load_encoder, normalise, random_encoder
 torch.set_num_threads(2)
-WORK = Path(sys.argv.pop(1)); classes = ("bundle", "dispersed", "network", "singular")
+WORK = Path(sys.argv.pop(1))
 cache = WORK / "seg_stacks.npz"  # the tuning stacks seg_variants.py writes (generator seed 1)
 if not cache.exists():
     sys.exit(f"{cache} is missing: run benchmarks/tune_views/seg_variants.py WORK local@128 1 1001 first")
@@ -33,7 +33,7 @@ def basic(im, sigma_max=16):
 
 def hyper(enc, ims, stages=("conv1", "layer1", "layer2")):
     x = normalise(torch.from_numpy(ims.astype(np.float32)).unsqueeze(1))
-    t = enc.trunk if hasattr(enc, "trunk") else enc.resnet
+    t = enc.trunk
     outs = []
     with torch.no_grad():
         h = t.relu(t.bn1(t.conv1(x)))

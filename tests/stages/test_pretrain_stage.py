@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pytest
 import tifffile
 import torch
 import yaml
