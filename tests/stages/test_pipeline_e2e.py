@@ -14,6 +14,9 @@ import pytest
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# md5 of every output in the micro run's dvc.lock, from a fresh project (no DVC cache, empty MLflow store).
+# Rewrite it after a change that is meant to move results: NANOMORPH_WRITE_MICRO_REFERENCE=1 pytest -k e2e
+MICRO_REFERENCE = Path(__file__).with_name("micro_reference_md5.json")
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -30,6 +33,11 @@ def _set_param(params: Path, dotted: str, value) -> None:
         node = node[key]
     node[leaf] = value
     params.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def _output_md5s(lock: Path) -> dict[str, str]:
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    return {out["path"]: out["md5"] for body in stages.values() for out in body.get("outs", [])}
 
 
 def _ran_stages(output: str) -> set[str]:
@@ -95,6 +103,16 @@ def test_repro_runs_every_stage_then_is_a_noop(project):
     register = json.loads((work / "metrics/register.json").read_text())
     for kind in ("classifier", "segmenter"):
         assert register[kind]["classical_baseline"]["score"] >= 0.0
+
+    # Reproducible: every output of a fresh run has the md5 of the committed reference run (issue 13), whatever
+    # x86-64 CPU runs it (nanomorph.stages pins the numerical libraries' kernels to AVX2).
+    outputs = _output_md5s(work / "dvc.lock")
+    if os.environ.get("NANOMORPH_WRITE_MICRO_REFERENCE") == "1":
+        MICRO_REFERENCE.write_text(json.dumps(outputs, indent=1, sort_keys=True) + "\n")
+    reference = json.loads(MICRO_REFERENCE.read_text())
+    moved = [f"{path}: {reference.get(path)} -> {outputs.get(path)}" for path in sorted(set(reference) | set(outputs))
+             if reference.get(path) != outputs.get(path)]
+    assert not moved, "outputs differ from the reference run:\n" + "\n".join(moved)
 
     second = _run([sys.executable, "-m", "dvc", "repro"], work, env)
     assert _ran_stages(second.stdout) == set()

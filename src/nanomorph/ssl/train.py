@@ -70,7 +70,8 @@ from nanomorph.ssl.views import make_view_transform
 log = logging.getLogger(__name__)
 
 METHODS = ("simclr", "barlow_twins")
-CHECKPOINT_FORMAT = 2  # 2: views seeded per image position; accumulation and BatchNorm groups recorded
+CHECKPOINT_FORMAT = 3  # 2: views seeded per image position; accumulation and BatchNorm groups recorded;
+#                        3: no wall-clock throughput in the history or the running epoch sums
 MONITOR_IMAGES = 256  # size of the fixed batch the collapse monitor embeds every epoch
 # L2-normalised embeddings spread over D dims have a per-dim std near 1/sqrt(D); a collapsed projector
 # (every image mapped to one point) has std near 0. Warn below this fraction of the spread value.
@@ -462,7 +463,7 @@ def _default_view_workers(device: torch.device) -> int:
 
 
 def _empty_sums() -> dict[str, float]:
-    return {"loss": 0.0, "images": 0, "seconds": 0.0}
+    return {"loss": 0.0}
 
 
 def _check_layout(n_images: int, batch: int, accumulate_steps: int, bn_groups: int, ranks: _Ranks) -> _Layout:
@@ -589,6 +590,9 @@ agree to float rounding): True for its default backend (inductor), or a backend'
                                     blur_p, blur_sigma, noise_std)
 
     step, history, sums = 0, [], _empty_sums()  # sums: running totals of the current epoch
+    # Throughput is wall-clock, so it goes to log_fn only: history and checkpoints hold only numbers that a
+    # rerun reproduces (they end up in dvc outputs, which a fresh clone must reproduce bit for bit).
+    timing = {"images": 0, "seconds": 0.0}
     blob = _load_checkpoint(checkpoint_path, ranks)
     if blob is not None:
         _check_resumable(blob["config"], run_config, Path(checkpoint_path or "rank 0's checkpoint"))
@@ -626,18 +630,19 @@ agree to float rounding): True for its default backend (inductor), or a backend'
             raise FloatingPointError(f"{method} loss became {loss} at step {step}; lower the learning rate")
         step += 1
         n_step = layout.step_images
-        sums = {"loss": sums["loss"] + loss, "images": sums["images"] + n_step, "seconds": sums["seconds"] + seconds}
+        sums = {"loss": sums["loss"] + loss}
+        timing = {"images": timing["images"] + n_step, "seconds": timing["seconds"] + seconds}
         step_metrics = {"loss": loss, "lr": lr_now, "images_per_s": n_step / seconds}
-        epoch_metrics = None
+        epoch_metrics = epoch_speed = None
         if b == steps_per_epoch - 1:
             # Every rank computes the monitor (the same numbers), so every rank's history is rank 0's.
             epoch_metrics = {"epoch": epoch + 1, "loss": sums["loss"] / steps_per_epoch, "lr": lr_now,
-                             "images_per_s": sums["images"] / sums["seconds"],
                              **_monitor(model.encoder, model.projector, monitor_batch, dev)}
+            epoch_speed = timing["images"] / timing["seconds"]  # over the steps this process ran
             if ranks.main:
                 _warn_if_collapsed(epoch_metrics, projector_dims[-1], epoch + 1)
             history.append(epoch_metrics)
-            sums = _empty_sums()
+            sums, timing = _empty_sums(), {"images": 0, "seconds": 0.0}
         if ranks.main and checkpoint_path is not None and (
                 step == total_steps or (checkpoint_every > 0 and step % checkpoint_every == 0)):
             _save_checkpoint(Path(checkpoint_path), {**model.state_dict(), "config": run_config, "step": step,
@@ -647,6 +652,7 @@ agree to float rounding): True for its default backend (inductor), or a backend'
         if log_fn is not None and ranks.main:
             log_fn(step_metrics, step)
             if epoch_metrics is not None:
-                log_fn({f"epoch/{k}": v for k, v in epoch_metrics.items() if k != "epoch"}, step)
+                log_fn({**{f"epoch/{k}": v for k, v in epoch_metrics.items() if k != "epoch"},
+                        "epoch/images_per_s": epoch_speed}, step)
     bar.close()
     return PretrainResult(encoder=model.encoder.cpu().eval(), history=history)

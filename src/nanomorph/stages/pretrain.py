@@ -207,7 +207,7 @@ def _write_outputs(method: str, image_size: int, epochs: int, params_hash: str, 
         mlflow.log_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped), "skipped_images.tsv")
     last = result.history[-1]
     write_json(Path("metrics") / f"pretrain_{method}.json", {
-        **{k: float(last[k]) for k in ("loss", "embedding_std", "effective_rank", "images_per_s") if k in last},
+        **{k: float(last[k]) for k in ("loss", "embedding_std", "effective_rank") if k in last},
         "n_images": len(data.images), "n_skipped_files": len(data.skipped),
     })
 
