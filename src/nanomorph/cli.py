@@ -1,4 +1,4 @@
-"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs), and `predict`."""
+"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs), `predict` and `serve`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ COMMANDS = {
     "register": "nanomorph.stages.register",
     "report": "nanomorph.stages.report",
     "predict": "nanomorph.predict",
+    "serve": "nanomorph.serving.serve",
 }
 
 USAGE = f"""usage: nanomorph <command> [options]

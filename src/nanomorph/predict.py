@@ -36,6 +36,7 @@ from nanomorph.data.layout import display_path, find_images
 from nanomorph.data.validation import QualityRules, quality_problems
 from nanomorph.errors import ImageReadError, NanomorphError
 from nanomorph.segment.classical import CLASSICAL_SEGMENTERS, ClassicalSegmenter
+from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import ModelRef, parse_model_ref, resolve
 
 DEFAULT_CLASSIFIER = "nanomorph-classifier@champion"
@@ -93,10 +94,38 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def tracking_uri(explicit: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's sqlite store; a missing sqlite file is an
-    error (MLflow would otherwise create an empty store and report every model as absent)."""
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+@dataclass(frozen=True)
+class ProjectSettings:
+    """What `params.yaml` says about the registry: where it is and what the models are called."""
+
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    classifier: str = DEFAULT_CLASSIFIER
+    segmenter: str = DEFAULT_SEGMENTER
+
+
+def project_settings(params: Path | None) -> ProjectSettings:
+    """The registry settings of the project whose `params.yaml` is `params` (None: ./params.yaml if there is
+    one, else the defaults). A relative sqlite store is relative to the project folder, not to the caller."""
+    if params is None:
+        params = Path("params.yaml")
+        if not params.is_file():
+            return ProjectSettings()
+    elif not params.is_file():
+        raise NanomorphError(f"{params}: no such params file")
+    from nanomorph.config import load_config
+
+    cfg = load_config(params)
+    uri = cfg.tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute():
+        uri = f"sqlite:///{(params.resolve().parent / uri[len('sqlite:///'):])}"
+    return ProjectSettings(uri, f"{cfg.registry.classifier}@champion", f"{cfg.registry.segmenter}@champion")
+
+
+def tracking_uri(explicit: str | None, project: str = DEFAULT_TRACKING_URI) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's store (params.yaml `tracking.tracking_uri`);
+    a missing sqlite file is an error (MLflow would otherwise create an empty store and report every model as
+    absent)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or project
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
@@ -106,12 +135,14 @@ def tracking_uri(explicit: str | None) -> str:
 
 
 def load_registered(ref: ModelRef, uri: str):
-    """The pyfunc model `ref` names in the registry at `uri` (a one-line NanomorphError when absent)."""
+    """The pyfunc model `ref` names in the registry at `uri`, loaded only after every file matched the sha256
+    recorded at registration (a one-line NanomorphError when absent or changed)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    version = resolve(mlflow.MlflowClient(), ref, uri)
-    return mlflow.pyfunc.load_model(f"models:/{ref.name}/{version.version}"), version
+    client = mlflow.MlflowClient()
+    version = resolve(client, ref, uri)
+    return load_verified(client, ref.name, str(version.version)), version
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -199,14 +230,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Without --model and --segmenter both champions are used; naming one uses only that one.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", default=None, metavar="NAME@ALIAS",
-                        help=f"classifier: NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion); "
-                             f"default {DEFAULT_CLASSIFIER}")
+                        help="classifier: NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion); default the "
+                             f"project's registry.classifier@champion ({DEFAULT_CLASSIFIER} without a project)")
     parser.add_argument("--segmenter", default=None, metavar="NAME@ALIAS",
-                        help=f"segmenter, same forms; default {DEFAULT_SEGMENTER}; or classical[:otsu|:local]"
-                             "[:darker|:brighter] for the classical threshold baseline (no model needed)")
+                        help="segmenter, same forms; default the project's registry.segmenter@champion; or "
+                             "classical[:otsu|:local][:darker|:brighter] for the classical threshold baseline "
+                             "(no model needed)")
     parser.add_argument("--out", default="predictions", type=Path, help="output folder (default: predictions)")
     parser.add_argument("--tracking-uri", default=None,
-                        help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's "
+                             f"tracking.tracking_uri, else {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--params", default=None, type=Path,
+                        help="the project's params.yaml, for its tracking URI and model names (default: "
+                             "./params.yaml when there is one)")
     parser.add_argument("--tiled", action="store_true",
                         help="segment at each image's own resolution by overlapping tiles (large images whose "
                              "pixel size matches the training images') instead of resizing to the training size")
@@ -215,8 +251,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> PredictionRun:
+    project = project_settings(args.params)
     if args.model is None and args.segmenter is None:
-        args.model, args.segmenter = DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+        args.model, args.segmenter = project.classifier, project.segmenter
     models = {}
     if args.segmenter is not None and args.segmenter.split(":")[0] == CLASSICAL:
         models["segmenter"] = classical_segmenter(args.segmenter)
@@ -226,7 +263,7 @@ def run(args: argparse.Namespace) -> PredictionRun:
     files = collect_images(args.paths)
     if not files:
         raise NanomorphError(f"no image files (png, jpg, jpeg, tif, tiff) in {', '.join(map(str, args.paths))}")
-    uri = tracking_uri(args.tracking_uri) if refs else None
+    uri = tracking_uri(args.tracking_uri, project.tracking_uri) if refs else None
     for kind, ref in refs.items():
         models[kind], version = load_registered(ref, uri)
         print(f"{kind}: {ref} (version {version.version})", file=sys.stderr)

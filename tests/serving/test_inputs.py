@@ -5,7 +5,7 @@ import tifffile
 
 from nanomorph.data.io import load_image_stack
 from nanomorph.errors import ImageReadError
-from nanomorph.serving.inputs import images_from_frame, resize_for_model, resize_mask
+from nanomorph.serving.inputs import SERVING_PATH_ROOT_ENV, images_from_frame, resize_for_model, resize_mask
 
 
 def test_rows_from_paths_and_arrays(tmp_path):
@@ -55,3 +55,36 @@ def test_mask_resizing_keeps_it_binary_and_its_shape():
     big = resize_mask(mask, (64, 96))
     assert big.dtype == bool and big.shape == (64, 96)
     assert big[20:24].all() and not big[:20].any() and not big[24:].any()
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """This process as MLflow's scoring server marks itself."""
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    monkeypatch.delenv(SERVING_PATH_ROOT_ENV, raising=False)
+    return monkeypatch
+
+
+def _tif(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.full((8, 8), 1000, dtype=np.uint16))
+    return path
+
+
+def test_a_served_model_reads_no_paths_by_default(served, tmp_path):
+    with pytest.raises(ValueError, match="reads no files on the server; send the image itself"):
+        images_from_frame(pd.DataFrame({"path": [str(_tif(tmp_path / "a.tif"))]}))
+    (inline,) = images_from_frame(pd.DataFrame({"image": [[[0.5, 0.25]]]}))  # inline images still work
+    assert inline.shape == (1, 2)
+
+
+def test_a_served_model_reads_only_under_its_root(served, tmp_path):
+    root = tmp_path / "root"
+    inside = _tif(root / "sub" / "a.tif")
+    outside = _tif(tmp_path / "secret.tif")
+    (root / "link.tif").symlink_to(outside)
+    served.setenv(SERVING_PATH_ROOT_ENV, str(root))
+    assert len(images_from_frame(pd.DataFrame({"path": [str(inside), "sub/a.tif"]}))) == 2
+    for value in (str(outside), "../secret.tif", str(root / "sub" / ".." / ".." / "secret.tif"), "link.tif"):
+        with pytest.raises(ValueError, match="is outside the folder this server may read"):
+            images_from_frame(pd.DataFrame({"path": [value]}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pandas as pd
@@ -136,3 +138,28 @@ def test_predict_skips_images_no_model_can_judge_and_survives_names_that_are_not
         f"{folder}/one_pixel.png": "not predicted: 1x1 px is below the 16 px minimum side; blank or near-constant: "
                                    "intensity std 0.0000 < 0.005",
     }
+
+
+def test_predict_takes_the_store_and_model_names_from_the_projects_params(tiny_registry, tmp_path, monkeypatch):
+    import yaml
+
+    from conftest import SEGMENTER as TINY_SEGMENTER
+
+    root = Path(__file__).resolve().parents[2]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["registry"].update({"classifier": CLASSIFIER, "segmenter": TINY_SEGMENTER})
+    project = tmp_path / "project"
+    project.mkdir()
+    # A relative sqlite store is the project's: copy the tiny store in and name it relative to the project.
+    (project / "store.db").write_bytes((tiny_registry.root / "mlflow.db").read_bytes())
+    params["tracking"]["tracking_uri"] = "sqlite:///store.db"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code = main(["predict", str(tiny_registry.files[0]), "--params", str(project / "params.yaml"), "--out", "out",
+                 "--no-progress"])
+    assert code == 0
+    table = pd.read_csv(elsewhere / "out" / "predictions.csv")
+    assert len(table) == 1 and {"class", "density"} <= set(table)  # both of the project's champions ran

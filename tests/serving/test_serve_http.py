@@ -1,4 +1,5 @@
-"""`mlflow models serve` answers real HTTP requests with the registered champion classifier."""
+"""`nanomorph serve` (verified files, then `mlflow models serve`) answers real HTTP requests with the registered
+champion classifier, and refuses requests for files outside its allowed folder."""
 
 from __future__ import annotations
 
@@ -50,25 +51,46 @@ def _post(url: str, payload: dict) -> dict:
         return json.loads(answer.read())
 
 
+def _post_status(url: str, payload: dict) -> tuple[int, str]:
+    """(HTTP status, body) of a request the server may refuse."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{url}/invocations", data=json.dumps(payload).encode(),
+                headers={"Content-Type": "application/json"}, method="POST"), timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
 def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    mlflow_cli = [sys.executable, "-m", "mlflow"]
     # mlflow execs `uvicorn` by name: find this interpreter's one even when the venv is not activated.
     env = {**tiny_registry.env, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    # Files may be named only under the inputs folder (without this variable no path row is read at all).
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for path in tiny_registry.files:
+        (allowed / path.name).write_bytes(path.read_bytes())
+    (allowed / "broken.png").write_bytes(b"not a PNG")
+    env["NANOMORPH_SERVING_PATH_ROOT"] = str(allowed)
     with open(log, "w") as sink:
         # Own session: the server starts uvicorn workers; the whole group is stopped at the end.
         server = subprocess.Popen(
-            [*mlflow_cli, "models", "serve", "-m", f"models:/{CLASSIFIER}@champion", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "nanomorph.cli", "serve", f"{CLASSIFIER}@champion", "--host", "127.0.0.1",
+             "--port", str(port)],
             stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tiny_registry.root, start_new_session=True)
     try:
         _wait_ready(url, server, log)
-        data = [[str(path)] for path in tiny_registry.files]
+        data = [[str(allowed / path.name)] for path in tiny_registry.files[:-1]] + [[tiny_registry.files[-1].name]]
         by_path = _post(url, {"dataframe_split": {"columns": ["path"], "data": data}})
         inline = _post(url, {"dataframe_records": [{"image": tiny_registry.file_images[0].tolist()}],
                              "params": {"return_embeddings": True}})
+        secret = tiny_registry.root / "mlflow.db"  # a file the server can read, outside the allowed folder
+        (allowed.parent / "mlflow.db").write_bytes(b"")  # what ../mlflow.db would open
+        refusals = [_post_status(url, {"dataframe_split": {"columns": ["path"], "data": [[value]]}})
+                    for value in (str(secret), "../mlflow.db", str(allowed / ".." / "mlflow.db"), "broken.png")]
     finally:
         with contextlib.suppress(ProcessLookupError):  # already gone when it failed to start
             os.killpg(server.pid, signal.SIGTERM)
@@ -84,3 +106,8 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
     assert first["class"] == rows[0]["class"]
     assert first["prob_network"] == pytest.approx(rows[0]["prob_network"], abs=1e-6)
     assert len(first["embedding"]) == tiny_registry.encoder.out_dim
+
+    for (status, body), expected in zip(refusals, ["outside the folder"] * 3 + ["broken.png"]):
+        assert status == 400 and expected in body, body[-500:]
+        answer = json.loads(body)  # one JSON object on one line, without the server's traceback
+        assert "\n" not in body and "stack_trace" not in answer and "Traceback" not in body

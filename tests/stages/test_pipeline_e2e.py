@@ -73,6 +73,8 @@ def project(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     })
     _run(["git", "init", "-q", "-b", "main"], work, env)
     _run([sys.executable, "-m", "dvc", "init", "-q"], work, env)
+    # The project's DVC settings, default remote included (a folder beside the project: here in the scratch dir).
+    shutil.copy2(PROJECT_ROOT / ".dvc" / "config", work / ".dvc" / "config")
     (work / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
     _run(["git", "add", "-A"], work, env)
     _run(["git", "commit", "-qm", "scratch project"], work, env)
@@ -149,3 +151,37 @@ def test_exp_run_sets_a_param_and_tracks_nested_mlflow_runs(project):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} <= parents
     assert {r.data.tags["nanomorph.stage"] for r in children} >= {"fetch", "probe", "segment", "report"}
     assert all(r.data.tags["git_commit"] != "unknown" for r in children)
+
+
+def _file_md5s(root: Path, outs: list[str]) -> dict[str, str]:
+    """md5 of every file of the listed outputs (files or folders) under `root`."""
+    import hashlib
+
+    found = {}
+    for out in outs:
+        path = root / out
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            found[file.relative_to(root).as_posix()] = hashlib.md5(file.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.mark.slow
+def test_push_then_pull_into_a_fresh_clone_restores_every_output(project):
+    work, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "outputs to share", "--allow-empty"], work, env)
+    _run([*dvc, "push"], work, env)
+    assert (work.parent / "nanomorph-dvc-remote").is_dir()  # the default remote: beside the project
+
+    clone = work.parent / "clone"  # beside the project too, so its relative remote is the same folder
+    _run(["git", "clone", "-q", str(work), str(clone)], work.parent, env)
+    outs = list(_output_md5s(work / "dvc.lock"))
+    assert not (clone / "models" / "encoders" / "simclr.pt").exists()
+    _run([*dvc, "pull"], clone, env)
+    pulled, original = _file_md5s(clone, outs), _file_md5s(work, outs)
+    assert pulled == original and any(k.startswith("models/encoders/") for k in pulled)
+    assert any(k.startswith("data/") for k in pulled) and any(k.startswith("metrics/") for k in pulled)
+    status = _run([*dvc, "status"], clone, env)
+    assert "up to date" in status.stdout

@@ -1,6 +1,15 @@
-"""The pyfunc input contract (see `nanomorph.serving`): DataFrame rows -> gray [0, 1] images; resizing."""
+"""The pyfunc input contract (see `nanomorph.serving`): DataFrame rows -> gray [0, 1] images; resizing.
+
+Inside a model server (`mlflow models serve`, which marks its process as a serving environment) a `path` row
+would make the server open a file of the client's choosing on the server's host, so there `path` rows are
+refused unless the server was started with NANOMORPH_SERVING_PATH_ROOT=DIR, and then only files under DIR
+(after resolving `..` and symbolic links) are read. In-process callers read paths as given.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +18,29 @@ from skimage.transform import resize
 from nanomorph.data.io import read_image, to_unit_range
 
 INPUT_COLUMNS = ("path", "image")
+SERVING_PATH_ROOT_ENV = "NANOMORPH_SERVING_PATH_ROOT"
+
+
+def in_serving_environment() -> bool:
+    """True inside MLflow's scoring server (it sets this flag before loading the model)."""
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+
+    return bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
+
+
+def allowed_path(value: object, row: int) -> str:
+    """The file a `path` row may read: as given in-process; in a server only under SERVING_PATH_ROOT_ENV."""
+    if not in_serving_environment():
+        return str(value)
+    root = os.environ.get(SERVING_PATH_ROOT_ENV)
+    if not root:
+        raise ValueError(f"row {row}: this served model reads no files on the server; send the image itself in "
+                         f"the 'image' column (or start the server with {SERVING_PATH_ROOT_ENV}=DIR)")
+    base = Path(root).resolve()
+    target = (base / str(value)).resolve()  # an absolute value replaces base; `..` and links are resolved
+    if not target.is_relative_to(base):
+        raise ValueError(f"row {row}: path '{value}' is outside the folder this server may read")
+    return str(target)
 
 
 def _is_missing(value: object) -> bool:
@@ -56,7 +88,7 @@ def images_from_frame(frame: pd.DataFrame) -> list[np.ndarray]:
         if len(cells) != 1:
             raise ValueError(f"row {row}: set exactly one of 'path' and 'image' (got {sorted(cells) or 'neither'})")
         if "path" in cells:
-            images.append(read_image(str(cells["path"])))
+            images.append(read_image(allowed_path(cells["path"], row)))
         else:
             images.append(_array_image(cells["image"], row))
     return images

@@ -30,7 +30,22 @@ from nanomorph.probe.features import extract_features
 from nanomorph.segment.model import build_unet
 from nanomorph.segment.tiling import tiled_mask
 from nanomorph.segment.train import predict_masks
-from nanomorph.serving.inputs import images_from_frame, resize_for_model, resize_mask
+from nanomorph.errors import NanomorphError
+from nanomorph.serving.inputs import images_from_frame, in_serving_environment, resize_for_model, resize_mask
+
+
+def _served_images(frame: pd.DataFrame) -> list[np.ndarray]:
+    """`images_from_frame`; in a model server, a bad request becomes an MlflowException without a stack trace
+    (the server answers it as one JSON line, HTTP 400) instead of a generic error carrying the traceback."""
+    try:
+        return images_from_frame(frame)
+    except (ValueError, TypeError, NanomorphError) as exc:
+        if not in_serving_environment():
+            raise
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException(str(exc).splitlines()[0], error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def _read_config(path: str | Path) -> dict[str, Any]:
@@ -78,7 +93,7 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
-        features = self.embed(images_from_frame(model_input))
+        features = self.embed(_served_images(model_input))
         probabilities = self.probe.predict_proba(features) if len(features) else np.zeros((0, len(self.classes)))
         out = pd.DataFrame({"class": np.asarray(self.classes, dtype=object)[probabilities.argmax(axis=1)]})
         for k, name in enumerate(self.classes):
@@ -126,7 +141,7 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
         rows = []
-        for mask in self.masks(images_from_frame(model_input), tiled=bool(params.get("tiled", False))):
+        for mask in self.masks(_served_images(model_input), tiled=bool(params.get("tiled", False))):
             row = {
                 "density": pixel_density(mask),
                 "percolates": bool(percolates(mask, eps=self.eps, min_samples=self.min_samples)),

@@ -52,6 +52,7 @@ from nanomorph.serving.package import log_classifier, log_segmenter
 from nanomorph.serving.train import train_unet
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 from nanomorph.stages.probe import resolve_encoder, split_rule
+from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import (
     CHALLENGER, CHAMPION, Decision, apply_decision, promotion_decision, register_version, registry_state,
     version_by_alias,
@@ -108,15 +109,15 @@ def evaluation_split(rows: pd.DataFrame, fraction: float, seed: int,
     return train_idx, eval_idx, digest
 
 
-def score_classifier(model_uri: str, paths: list[str], labels: np.ndarray) -> float:
-    """Accuracy of the pyfunc model at `model_uri` on the evaluation images (given as file paths)."""
-    predicted = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": paths}))
+def score_classifier(model, paths: list[str], labels: np.ndarray) -> float:
+    """Accuracy of the loaded pyfunc `model` on the evaluation images (given as file paths)."""
+    predicted = model.predict(pd.DataFrame({"path": paths}))
     return float((predicted["class"].to_numpy(dtype=str) == np.asarray(labels, dtype=str)).mean())
 
 
-def score_segmenter(model_uri: str, paths: list[str], mask_paths: list[str]) -> float:
-    """Mean per-image dice of the pyfunc model's masks against the true masks, at the images' own size."""
-    predicted = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": paths}))
+def score_segmenter(model, paths: list[str], mask_paths: list[str]) -> float:
+    """Mean per-image dice of the loaded pyfunc `model`'s masks against the true masks, at the images' own size."""
+    predicted = model.predict(pd.DataFrame({"path": paths}))
     dices = [dice_iou(np.asarray(mask, dtype=bool), read_mask(true))[0]
              for mask, true in zip(predicted["mask"], mask_paths)]
     return float(np.mean(dices))
@@ -162,9 +163,10 @@ def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: st
 
     With a classical `baseline` ({method, score} on the same evaluation set), a version that does not beat it
     is a challenger whatever the champion scores."""
-    new_score = score_fn(model_uri)
+    new_score = score_fn(mlflow.pyfunc.load_model(model_uri))  # logged by this process moments ago
     champion = version_by_alias(client, name, CHAMPION)
-    champion_score = score_fn(f"models:/{name}/{champion.version}") if champion is not None else None
+    # The champion's code runs only after its files match the sha256 recorded when it was registered.
+    champion_score = score_fn(load_verified(client, name, str(champion.version))) if champion is not None else None
     decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
                                   cfg.registry.margin)
     if baseline and new_score <= baseline["score"]:
@@ -243,7 +245,7 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
             min_size=sg.object_min_size, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, seed=rg.seed)
         classifier = _promote(
             cfg, client, "classifier", rg.classifier, "accuracy", classifier_info.model_uri,
-            lambda uri: score_classifier(uri, eval_paths, eval_labels),
+            lambda model: score_classifier(model, eval_paths, eval_labels),
             {**common_tags, "train.images": len(train_rows), "probe.C": pr.C},
             baseline=classical_classifier if rg.beat_classical else None,
         )
@@ -263,7 +265,7 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
                                                          seg_eval_masks, sg.object_min_size)
         segmenter = _promote(
             cfg, client, "segmenter", rg.segmenter, "dice", segmenter_info.model_uri,
-            lambda uri: score_segmenter(uri, seg_eval_paths, seg_eval_masks),
+            lambda model: score_segmenter(model, seg_eval_paths, seg_eval_masks),
             {**common_tags, "train.images": len(seg_train), "train.epochs": epochs, "segment.lr": sg.lr},
             baseline=(classical_segmenter or None) if rg.beat_classical else None,
         )

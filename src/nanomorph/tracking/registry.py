@@ -115,13 +115,18 @@ def promotion_decision(metric: str, new_score: float, champion_version: str | No
 
 
 def register_version(model_uri: str, name: str, tags: dict[str, Any], description: str = "") -> ModelVersion:
-    """Register the logged model at `model_uri` as a new version of `name` (created when absent), tagged."""
+    """Register the logged model at `model_uri` as a new version of `name` (created when absent), tagged, with
+    the sha256 of each of its files recorded (nanomorph.tracking.integrity) for loaders to verify."""
     import mlflow
 
+    from nanomorph.tracking.integrity import record_digests
+
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    client = MlflowClient()
+    record_digests(client, name, str(version.version))
     if description:
-        MlflowClient().update_model_version(name, version.version, description=description)
-    return version
+        client.update_model_version(name, version.version, description=description)
+    return client.get_model_version(name, str(version.version))
 
 
 def apply_decision(client: MlflowClient, name: str, version: str, decision: Decision) -> None:

@@ -1,0 +1,66 @@
+"""`nanomorph serve`: serve a registered model over HTTP after verifying its files.
+
+    nanomorph serve NAME@ALIAS [--host 127.0.0.1] [--port 5001] [--tracking-uri URI] [--params params.yaml]
+
+The version is downloaded, every file checked against the sha256 recorded at registration
+(`nanomorph.tracking.integrity`), and the verified local copy is handed to `mlflow models serve` (local
+environment): the server never loads files the registry did not vouch for. Requests send images inline
+(`image` column); `path` rows are read only under NANOMORPH_SERVING_PATH_ROOT (`nanomorph.serving.inputs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from nanomorph.errors import NanomorphError
+from nanomorph.predict import project_settings, tracking_uri
+from nanomorph.tracking.integrity import verified_model_dir
+from nanomorph.tracking.registry import parse_model_ref, resolve
+
+
+def serve_command(model_dir: str, host: str, port: int) -> list[str]:
+    """The `mlflow models serve` command line for a verified local model folder."""
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_dir, "--env-manager", "local",
+            "-h", host, "-p", str(port)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanomorph serve", description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default=None, metavar="NAME@ALIAS",
+                        help="NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion); default the project's "
+                             "registry.classifier@champion")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as for nanomorph predict)")
+    parser.add_argument("--params", default=None, type=Path,
+                        help="the project's params.yaml (default ./params.yaml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        import mlflow
+
+        project = project_settings(args.params)
+        ref = parse_model_ref(args.model or project.classifier)
+        uri = tracking_uri(args.tracking_uri, project.tracking_uri)
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient()
+        version = resolve(client, ref, uri)
+        local = verified_model_dir(client, ref.name, str(version.version))
+    except NanomorphError as exc:
+        print(f"nanomorph serve: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"serving {ref} (version {version.version}, files verified) on http://{args.host}:{args.port}",
+          file=sys.stderr, flush=True)
+    command = serve_command(str(local), args.host, args.port)
+    os.execv(command[0], command)  # the server replaces this process (signals reach it directly)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Integrity of registered model versions: the sha256 of every artifact file, kept in the registry.
+
+When a version is registered, its files are downloaded back from the artifact store and hashed; the manifest
+{relative path: sha256} becomes the version tag `nanomorph.sha256`. Loading goes the other way: download,
+hash, compare, and only then hand the folder to MLflow's pyfunc loader, which imports the model's code. A
+file that was changed, added or removed after registration stops the load with one line naming it.
+
+Why a tag: tags live in the tracking database, the artifacts in the artifact store. Whoever can write files in
+the store (a shared folder, a bucket) cannot also rewrite what they are checked against; that takes registry
+write access, which the shared server grants to writers only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from nanomorph.errors import NanomorphError
+
+DIGEST_TAG = "nanomorph.sha256"
+_CHUNK = 1 << 20
+
+
+class ModelIntegrityError(NanomorphError):
+    """A registered model's files are not the ones that were registered."""
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """{path relative to `root` (posix): sha256 hex} of every file under `root`, sorted by path."""
+    digests = {}
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(_CHUNK):
+                sha.update(block)
+        digests[path.relative_to(root).as_posix()] = sha.hexdigest()
+    return digests
+
+
+def check_digests(root: Path, expected: dict[str, str], label: str) -> None:
+    """Raise ModelIntegrityError naming the first file under `root` that differs from `expected`."""
+    found = file_digests(root)
+    for rel in sorted(expected.keys() | found.keys()):
+        if rel not in found:
+            raise ModelIntegrityError(f"{label}: {rel} was registered but is missing from the artifact store")
+        if rel not in expected:
+            raise ModelIntegrityError(f"{label}: {rel} was not part of the registered model (added afterwards)")
+        if found[rel] != expected[rel]:
+            raise ModelIntegrityError(f"{label}: {rel} has changed since registration (sha256 {found[rel][:12]}... "
+                                      f"vs registered {expected[rel][:12]}...); refusing to load it")
+
+
+def _download(client: MlflowClient, name: str, version: str) -> Path:
+    """The files of `name`/`version`, freshly downloaded from the store `client` talks to."""
+    import mlflow.artifacts
+
+    target = Path(tempfile.mkdtemp(prefix=f"nanomorph-{name}-v{version}-"))
+    # Kept until the process exits: the loaded model's code directory stays on sys.path.
+    atexit.register(shutil.rmtree, target, True)
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(target), tracking_uri=client.tracking_uri,
+        registry_uri=client._registry_uri))  # noqa: SLF001 (MlflowClient keeps no public registry_uri)
+
+
+def record_digests(client: MlflowClient, name: str, version: str) -> dict[str, str]:
+    """Hash the files of `name`/`version` as the artifact store now holds them and tag the version with them."""
+    local = _download(client, name, version)
+    digests = file_digests(local)
+    client.set_model_version_tag(name, version, DIGEST_TAG, json.dumps(digests, sort_keys=True,
+                                                                         separators=(",", ":")))
+    return digests
+
+
+def verified_model_dir(client: MlflowClient, name: str, version: str) -> Path:
+    """A local copy of `name`/`version` whose every file matches the sha256 recorded at registration."""
+    registered = client.get_model_version(name, version)
+    label = f"model {name}/{version}"
+    manifest = (registered.tags or {}).get(DIGEST_TAG)
+    if not manifest:
+        raise ModelIntegrityError(f"{label} has no recorded sha256 manifest (tag {DIGEST_TAG}): it was registered "
+                                  "without one and cannot be verified; register it again")
+    local = _download(client, name, version)
+    check_digests(local, json.loads(manifest), label)
+    return local
+
+
+def load_verified(client: MlflowClient, name: str, version: str):
+    """The pyfunc model `name`/`version`, loaded only after its files passed `verified_model_dir`."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(verified_model_dir(client, name, version)))
