@@ -143,11 +143,9 @@ def test_predict_skips_images_no_model_can_judge_and_survives_names_that_are_not
 def test_predict_takes_the_store_and_model_names_from_the_projects_params(tiny_registry, tmp_path, monkeypatch):
     import yaml
 
-    from conftest import SEGMENTER as TINY_SEGMENTER
-
     root = Path(__file__).resolve().parents[2]
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["registry"].update({"classifier": CLASSIFIER, "segmenter": TINY_SEGMENTER})
+    params["registry"].update({"classifier": CLASSIFIER, "segmenter": SEGMENTER})
     project = tmp_path / "project"
     project.mkdir()
     # A relative sqlite store is the project's: copy the tiny store in and name it relative to the project.
