@@ -21,31 +21,27 @@ from sklearn.preprocessing import StandardScaler
 from nanomorph.models.encoder import load_encoder, random_encoder
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
-from nanomorph.probe.splits import as_rule, nested_label_subsets
+from protocol import median_accuracy, tuning_stacks
 
 warnings.filterwarnings("ignore")
 WORK = sys.argv.pop(1)
 torch.set_num_threads(2)
-z = np.load(f"{WORK}/stacks.npz")
-labels, whole = z["labels"], z["t64"]
-SIZES, SEEDS, WEIGHTS, LATE = [1, 2, 4, 8], range(1000, 1020), [0.0, 0.5, 1.0, 2.0], [0.25, 0.5]
+labels, whole = tuning_stacks(WORK)
+WEIGHTS, LATE = [0.0, 0.5, 1.0, 2.0], [0.25, 0.5]
 classical = classical_features(whole).astype(np.float64)
 
 
 def score(F, w):
     scale = w * np.sqrt(F.shape[1] / classical.shape[1])
-    acc = {n: [] for n in SIZES}
-    for seed in SEEDS:
-        train, test = as_rule(0.2).train_test(labels, seed)
-        for n, fit in nested_label_subsets(labels, train, SIZES, seed).items():
-            blocks = [StandardScaler().fit(F[fit]).transform(F)]
-            if w > 0:
-                blocks.append(scale * StandardScaler().fit(classical[fit]).transform(classical))
-            Z = np.concatenate(blocks, 1)
-            pred = LogisticRegression(C=1.0, max_iter=3000).fit(Z[fit], labels[fit]).predict(Z[test])
-            acc[n].append(float((pred == labels[test]).mean()))
-    med = {n: round(float(np.median(v)), 4) for n, v in acc.items()}
-    return med, round(float(np.mean(list(med.values()))), 4)
+
+    def predict(train, fit, test):
+        blocks = [StandardScaler().fit(F[fit]).transform(F)]
+        if w > 0:
+            blocks.append(scale * StandardScaler().fit(classical[fit]).transform(classical))
+        Z = np.concatenate(blocks, 1)
+        return LogisticRegression(C=1.0, max_iter=3000).fit(Z[fit], labels[fit]).predict(Z[test])
+
+    return median_accuracy(labels, predict)
 
 
 def probabilities(X, fit, test):
@@ -55,15 +51,11 @@ def probabilities(X, fit, test):
 
 
 def score_late(F, a):
-    acc = {n: [] for n in SIZES}
-    for seed in SEEDS:
-        train, test = as_rule(0.2).train_test(labels, seed)
-        for n, fit in nested_label_subsets(labels, train, SIZES, seed).items():
-            (pf, classes), (pc, _) = probabilities(F, fit, test), probabilities(classical, fit, test)
-            pred = classes[np.argmax((1 - a) * pf + a * pc, 1)]
-            acc[n].append(float((pred == labels[test]).mean()))
-    med = {n: round(float(np.median(v)), 4) for n, v in acc.items()}
-    return med, round(float(np.mean(list(med.values()))), 4)
+    def predict(train, fit, test):
+        (pf, classes), (pc, _) = probabilities(F, fit, test), probabilities(classical, fit, test)
+        return classes[np.argmax((1 - a) * pf + a * pc, 1)]
+
+    return median_accuracy(labels, predict)
 
 
 for name, enc in [("random", random_encoder("resnet18", 0))] + [(n, load_encoder(f"{WORK}/{n}.pt")[0])

@@ -20,21 +20,18 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
-from sklearn.preprocessing import StandardScaler
 
 from nanomorph.models.dihedral import SYMMETRIES, turn
 from nanomorph.models.encoder import STAGES, load_encoder, normalise, random_encoder
 from nanomorph.probe.classical import classical_features
-from nanomorph.probe.splits import as_rule, nested_label_subsets
+from protocol import median_accuracy, probe_rule, tuning_stacks
 
 warnings.filterwarnings("ignore")
 WORK = sys.argv.pop(1)
 torch.set_num_threads(2)
-z = np.load(f"{WORK}/stacks.npz")
-labels, whole = z["labels"], z["t64"]
-SIZES, SEEDS, READ = [1, 2, 4, 8], range(1000, 1020), ("layer3", "layer4")
+labels, whole = tuning_stacks(WORK)
+READ = ("layer3", "layer4")
 POOLS = {
     "avg": lambda m: m.mean((2, 3)),
     "max": lambda m: m.amax((2, 3)),
@@ -72,18 +69,14 @@ def pooled(encoder):
 
 
 def score(X, keep_confusion=False):
-    acc, conf = {n: [] for n in SIZES}, 0
-    for seed in SEEDS:
-        train, test = as_rule(0.2).train_test(labels, seed)
-        for n, fit in nested_label_subsets(labels, train, SIZES, seed).items():
-            sc = StandardScaler().fit(X[fit])
-            pred = LogisticRegression(C=1.0, max_iter=3000).fit(sc.transform(X[fit]), labels[fit]).predict(
-                sc.transform(X[test]))
-            acc[n].append(float((pred == labels[test]).mean()))
-            if keep_confusion and n == 8:
-                conf = conf + confusion_matrix(labels[test], pred, labels=np.unique(labels))
-    med = {n: round(float(np.median(v)), 4) for n, v in acc.items()}
-    return med, round(float(np.mean(list(med.values()))), 4), conf
+    conf = [0]
+
+    def pool_confusion(n, test, predicted):
+        if keep_confusion and n == 8:
+            conf[0] = conf[0] + confusion_matrix(labels[test], predicted, labels=np.unique(labels))
+
+    med, mean = median_accuracy(labels, lambda train, fit, test: probe_rule(X, labels, fit, test), pool_confusion)
+    return med, mean, conf[0]
 
 
 med, mean, conf = score(classical_features(whole).astype(np.float64), True)

@@ -24,14 +24,13 @@ from sklearn.preprocessing import StandardScaler
 from nanomorph.models.encoder import load_encoder, random_encoder
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
-from nanomorph.probe.splits import as_rule, nested_label_subsets
+from protocol import median_accuracy, probe_rule, tuning_stacks
 
 warnings.filterwarnings("ignore")
 WORK = sys.argv.pop(1)
 torch.set_num_threads(1)
-z = np.load(f"{WORK}/stacks.npz")
-labels, whole = z["labels"], z["t64"]
-SIZES, SEEDS, STAGES = [1, 2, 4, 8], range(1000, 1020), ("layer3", "layer4")
+labels, whole = tuning_stacks(WORK)
+STAGES = ("layer3", "layer4")
 sets = {"classical": classical_features(whole).astype(np.float64)}
 for name, enc in [("random", random_encoder("resnet18", 0))] + [(n, load_encoder(f"{WORK}/{n}.pt")[0])
                                                                  for n in sys.argv[1].split(",")]:
@@ -45,11 +44,10 @@ def l2(X):
 def predict(how, X, train, fit, test, C=1.0):
     y = labels[fit]
     if how == "probe":
-        sc = StandardScaler().fit(X[fit])
-    else:
-        if how.startswith("sqrt"):
-            X = np.sqrt(np.clip(X, 0, None))
-        sc = StandardScaler().fit(X[train])
+        return probe_rule(X, labels, fit, test, C)
+    if how.startswith("sqrt"):
+        X = np.sqrt(np.clip(X, 0, None))
+    sc = StandardScaler().fit(X[train])
     Z = sc.transform(X)
     if how in ("pool+l2", "ncm"):
         Z = l2(Z)
@@ -66,10 +64,5 @@ for name, X in sets.items():
     for how, C in VARIANTS:
         if how.startswith("sqrt") and name == "classical":
             continue
-        acc = {n: [] for n in SIZES}
-        for seed in SEEDS:
-            train, test = as_rule(0.2).train_test(labels, seed)
-            for n, fit in nested_label_subsets(labels, train, SIZES, seed).items():
-                acc[n].append(float((predict(how, X, train, fit, test, C) == labels[test]).mean()))
-        med = {n: round(float(np.median(v)), 4) for n, v in acc.items()}
-        print(f"{name:22s} {how}@{C:g}", med, "mean", round(float(np.mean(list(med.values()))), 4), flush=True)
+        med, mean = median_accuracy(labels, lambda train, fit, test: predict(how, X, train, fit, test, C))
+        print(f"{name:22s} {how}@{C:g}", med, "mean", mean, flush=True)

@@ -94,6 +94,14 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+SQLITE = "sqlite:///"
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
 @dataclass(frozen=True)
 class ProjectSettings:
     """What `params.yaml` says about the registry: where it is and what the models are called."""
@@ -116,8 +124,9 @@ def project_settings(params: Path | None) -> ProjectSettings:
 
     cfg = load_config(params)
     uri = cfg.tracking.tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute():
-        uri = f"sqlite:///{(params.resolve().parent / uri[len('sqlite:///'):])}"
+    db = _sqlite_file(uri)
+    if db is not None and not db.is_absolute():
+        uri = f"{SQLITE}{params.resolve().parent / db}"
     return ProjectSettings(uri, f"{cfg.registry.classifier}@champion", f"{cfg.registry.segmenter}@champion")
 
 
@@ -126,22 +135,27 @@ def tracking_uri(explicit: str | None, project: str = DEFAULT_TRACKING_URI) -> s
     a missing sqlite file is an error (MLflow would otherwise create an empty store and report every model as
     absent)."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or project
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = _sqlite_file(uri)
+    if db is not None:
         if not db.is_file():
             raise NanomorphError(f"no MLflow store at {uri} ({db} does not exist); run from the project root, "
                                  "set MLFLOW_TRACKING_URI or pass --tracking-uri")
     return uri
 
 
-def load_registered(ref: ModelRef, uri: str):
-    """The pyfunc model `ref` names in the registry at `uri`, loaded only after every file matched the sha256
-    recorded at registration (a one-line NanomorphError when absent or changed)."""
+def registered_version(ref: ModelRef, uri: str):
+    """(client of the registry at `uri`, the version `ref` names there); a one-line NanomorphError when absent."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    version = resolve(client, ref, uri)
+    return client, resolve(client, ref, uri)
+
+
+def load_registered(ref: ModelRef, uri: str):
+    """The pyfunc model `ref` names in the registry at `uri`, loaded only after every file matched the sha256
+    recorded at registration (a one-line NanomorphError when absent or changed)."""
+    client, version = registered_version(ref, uri)
     return load_verified(client, ref.name, str(version.version)), version
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nanomorph.errors import NanomorphError
 from nanomorph.models.weights import load_weights
 from nanomorph.analysis.density import pixel_density
 from nanomorph.analysis.objects import count_objects
@@ -30,7 +31,6 @@ from nanomorph.probe.features import extract_features
 from nanomorph.segment.model import build_unet
 from nanomorph.segment.tiling import tiled_mask
 from nanomorph.segment.train import predict_masks
-from nanomorph.errors import NanomorphError
 from nanomorph.serving.inputs import images_from_frame, in_serving_environment, resize_for_model, resize_mask
 
 

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from nanomorph.errors import NanomorphError
-from nanomorph.predict import project_settings, tracking_uri
+from nanomorph.predict import project_settings, registered_version, tracking_uri
 from nanomorph.tracking.integrity import verified_model_dir
-from nanomorph.tracking.registry import parse_model_ref, resolve
+from nanomorph.tracking.registry import parse_model_ref
 
 
 def serve_command(model_dir: str, host: str, port: int) -> list[str]:
@@ -43,14 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        import mlflow
-
         project = project_settings(args.params)
         ref = parse_model_ref(args.model or project.classifier)
-        uri = tracking_uri(args.tracking_uri, project.tracking_uri)
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient()
-        version = resolve(client, ref, uri)
+        client, version = registered_version(ref, tracking_uri(args.tracking_uri, project.tracking_uri))
         local = verified_model_dir(client, ref.name, str(version.version))
     except NanomorphError as exc:
         print(f"nanomorph serve: error: {exc}", file=sys.stderr)

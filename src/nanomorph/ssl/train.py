@@ -592,7 +592,7 @@ agree to float rounding): True for its default backend (inductor), or a backend'
     step, history, sums = 0, [], _empty_sums()  # sums: running totals of the current epoch
     # Throughput is wall-clock, so it goes to log_fn only: history and checkpoints hold only numbers that a
     # rerun reproduces (they end up in dvc outputs, which a fresh clone must reproduce bit for bit).
-    timing = {"images": 0, "seconds": 0.0}
+    timed_images, timed_seconds = 0, 0.0
     blob = _load_checkpoint(checkpoint_path, ranks)
     if blob is not None:
         _check_resumable(blob["config"], run_config, Path(checkpoint_path or "rank 0's checkpoint"))
@@ -631,18 +631,18 @@ agree to float rounding): True for its default backend (inductor), or a backend'
         step += 1
         n_step = layout.step_images
         sums = {"loss": sums["loss"] + loss}
-        timing = {"images": timing["images"] + n_step, "seconds": timing["seconds"] + seconds}
+        timed_images, timed_seconds = timed_images + n_step, timed_seconds + seconds
         step_metrics = {"loss": loss, "lr": lr_now, "images_per_s": n_step / seconds}
         epoch_metrics = epoch_speed = None
         if b == steps_per_epoch - 1:
             # Every rank computes the monitor (the same numbers), so every rank's history is rank 0's.
             epoch_metrics = {"epoch": epoch + 1, "loss": sums["loss"] / steps_per_epoch, "lr": lr_now,
                              **_monitor(model.encoder, model.projector, monitor_batch, dev)}
-            epoch_speed = timing["images"] / timing["seconds"]  # over the steps this process ran
+            epoch_speed = timed_images / timed_seconds  # over the steps this process ran
             if ranks.main:
                 _warn_if_collapsed(epoch_metrics, projector_dims[-1], epoch + 1)
             history.append(epoch_metrics)
-            sums, timing = _empty_sums(), {"images": 0, "seconds": 0.0}
+            sums, timed_images, timed_seconds = _empty_sums(), 0, 0.0
         if ranks.main and checkpoint_path is not None and (
                 step == total_steps or (checkpoint_every > 0 and step % checkpoint_every == 0)):
             _save_checkpoint(Path(checkpoint_path), {**model.state_dict(), "config": run_config, "step": step,

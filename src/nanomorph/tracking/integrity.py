@@ -24,7 +24,6 @@ from mlflow import MlflowClient
 from nanomorph.errors import NanomorphError
 
 DIGEST_TAG = "nanomorph.sha256"
-_CHUNK = 1 << 20
 
 
 class ModelIntegrityError(NanomorphError):
@@ -35,11 +34,8 @@ def file_digests(root: Path) -> dict[str, str]:
     """{path relative to `root` (posix): sha256 hex} of every file under `root`, sorted by path."""
     digests = {}
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        sha = hashlib.sha256()
         with open(path, "rb") as handle:
-            while block := handle.read(_CHUNK):
-                sha.update(block)
-        digests[path.relative_to(root).as_posix()] = sha.hexdigest()
+            digests[path.relative_to(root).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
     return digests
 
 
