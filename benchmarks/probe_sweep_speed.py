@@ -57,13 +57,15 @@ def cached_feature_sets(features_dir: Path, manifest: Path) -> tuple[dict, np.nd
     return load_indexed_features(features_dir), rows["label"].to_numpy(dtype=str)
 
 
-def per_probe_seconds(feature_sets, labels, sizes, split_seeds, test_fraction, settings, per_n) -> dict[int, list]:
-    """Seconds of `per_n` probes per n (the first split seeds, cycling over the feature sets)."""
+def per_probe_seconds(feature_sets, labels, sizes, split_seeds, test_fraction, settings, per_n) -> tuple:
+    """Seconds and accuracies of `per_n` probes per n (the first split seeds, cycling over the feature sets),
+    and those probes with their predictions."""
     classes = np.unique(labels)
     codes = np.searchsorted(classes, labels)
     keys = list(feature_sets)
     seconds: dict[int, list] = {n: [] for n in sizes}
     accuracy: dict[int, list] = {n: [] for n in sizes}
+    tasks, predictions = [], []
     for j, (seed, n, fit_idx, test_idx) in enumerate(label_budget_runs(labels, sizes, split_seeds[:per_n],
                                                                        test_fraction)):
         task = ProbeTask(keys[j % len(keys)], fit_idx, test_idx, seed)
@@ -71,7 +73,9 @@ def per_probe_seconds(feature_sets, labels, sizes, split_seeds, test_fraction, s
         (pred,) = fit_predict(feature_sets, codes, len(classes), [task], settings)
         seconds[n].append(time.perf_counter() - started)
         accuracy[n].append(float((pred == codes[test_idx]).mean()))
-    return {n: seconds[n] for n in sizes}, {n: accuracy[n] for n in sizes}
+        tasks.append(task)
+        predictions.append(pred)
+    return {n: seconds[n] for n in sizes}, {n: accuracy[n] for n in sizes}, tasks, predictions
 
 
 def log_to_mlflow(params: dict, metrics: dict) -> None:
@@ -118,7 +122,7 @@ def main() -> None:
     batched_seconds = time.perf_counter() - started
     medians = sweep.table.groupby("n")["accuracy"].median()
 
-    paper_seconds, paper_accuracy = per_probe_seconds(feature_sets, labels, args.sizes, split_seeds,
+    paper_seconds, paper_accuracy, _, _ = per_probe_seconds(feature_sets, labels, args.sizes, split_seeds,
                                                       args.test_fraction, SolverSettings(solver="paper"),
                                                       args.paper_probes_per_n)
     paper_extrapolated = sum(float(np.mean(paper_seconds[n])) * probes_per_n[n] for n in args.sizes)
@@ -134,12 +138,18 @@ def main() -> None:
                       "paper_seconds_per_probe": float(np.mean(paper_seconds[n])),
                       "paper_accuracy_of_timed_probes": paper_accuracy[n]} for n in args.sizes}
     if args.sklearn_probes_per_n > 0:
-        sk_seconds, _ = per_probe_seconds(feature_sets, labels, args.sizes, split_seeds, args.test_fraction,
-                                          SolverSettings(solver="sklearn", C=args.C, tol=args.tol),
-                                          args.sklearn_probes_per_n)
+        sk_seconds, _, sk_tasks, sk_predictions = per_probe_seconds(
+            feature_sets, labels, args.sizes, split_seeds, args.test_fraction,
+            SolverSettings(solver="sklearn", C=args.C, tol=args.tol), args.sklearn_probes_per_n)
         sk_total = sum(float(np.mean(sk_seconds[n])) * probes_per_n[n] for n in args.sizes)
+        # Equality: the same probes through the batched solver predict every test row as scikit-learn does.
+        classes = np.unique(labels)
+        same = fit_predict(feature_sets, np.searchsorted(classes, labels), len(classes), sk_tasks, batched)
+        identical = [bool(np.array_equal(a, b)) for a, b in zip(same, sk_predictions)]
         metrics.update({"sklearn_sweep_seconds_extrapolated": sk_total,
-                        "sklearn_over_batched": sk_total / batched_seconds})
+                        "sklearn_over_batched": sk_total / batched_seconds,
+                        "sklearn_probes_compared": len(identical),
+                        "sklearn_identical_prediction_probes": int(sum(identical))})
         for n in args.sizes:
             per_n[int(n)]["sklearn_seconds_per_probe"] = float(np.mean(sk_seconds[n]))
     params = {k: (str(v) if isinstance(v, (Path, list)) or v is None else v) for k, v in vars(args).items()

@@ -36,7 +36,7 @@ def _sklearn_tight(X_fit, y_fit, X_pred, C):
     return model, model.predict(scaler.transform(X_pred.astype(np.float64)))
 
 
-@pytest.mark.parametrize("method", ["newton", "lbfgs"])
+@pytest.mark.parametrize("method", ["newton", "newton_cg", "lbfgs"])
 @pytest.mark.parametrize("n, C, seed", [(1, 1.0, 0), (4, 0.1, 1), (12, 1.0, 2), (20, 10.0, 3)])
 def test_matches_tight_sklearn(method, n, C, seed):
     X, y = _relu_features(seed=seed)
@@ -133,7 +133,7 @@ def test_non_convergence_is_reported():
 
 def test_method_choice_and_errors():
     assert choose_method("auto", 4, rows=32, dim=512) == "newton"
-    assert choose_method("auto", 4, rows=128, dim=512) == "lbfgs"
+    assert choose_method("auto", 4, rows=128, dim=512) == "newton_cg"
     assert choose_method("lbfgs", 4, rows=4, dim=512) == "lbfgs"
     with pytest.raises(ValueError, match="unknown batched method"):
         choose_method("adam", 4, 4, 4)

@@ -131,3 +131,15 @@ def random_encoder(arch: str, seed: int, in_channels: int = 1) -> ResNetEncoder:
         return ResNetEncoder(arch, in_channels)
     finally:
         torch.random.set_rng_state(gen_state)
+
+
+def resolve_encoder(name: str, arch: str, seed: int, directory: str | Path = "models/encoders") -> ResNetEncoder:
+    """`random` is the random-init baseline; any other name is a pretrained encoder `<directory>/<name>.pt`
+    (the pretrain stage writes models/encoders/)."""
+    if name == "random":
+        return random_encoder(arch, seed)
+    path = Path(directory) / f"{name}.pt"
+    if not path.is_file():
+        raise NanomorphError(f"{path}: no pretrained encoder '{name}'; run the pretrain stage for it first")
+    encoder, _meta = load_encoder(path)
+    return encoder

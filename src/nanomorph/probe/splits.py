@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
+
+from nanomorph.errors import NanomorphError
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -157,3 +160,15 @@ def nested_subsets(train_idx: np.ndarray, sizes: Sequence[int], seed: int) -> di
     """{n: sorted n of `train_idx`}, nested in n (one seeded permutation, first n); too-large sizes skipped."""
     order = np.random.default_rng(seed).permutation(np.asarray(train_idx))
     return {n: np.sort(order[:n]) for n in _usable_sizes(sizes, len(order), "training items")}
+
+
+def split_rule(rows: pd.DataFrame, test_fraction: float, manifest: str) -> SplitRule:
+    """The data's own split when the manifest gives one (train, val, test per row), else seeded splits."""
+    try:
+        given = GivenSplit.from_column(rows["split"].tolist() if "split" in rows else [None] * len(rows), manifest)
+    except ValueError as exc:
+        raise NanomorphError(str(exc)) from None
+    if given is not None:
+        print(f"{manifest}: using its own split ({len(given.train)} train, {len(given.validation)} validation, "
+              f"{len(given.test)} test images); split seeds vary only the labelled training subsets")
+    return SplitRule(test_fraction, given)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from sklearn.metrics import confusion_matrix
 from tqdm.auto import tqdm
 
 from nanomorph.probe.batched import ProbeTask
@@ -48,12 +48,21 @@ def label_budget_runs(
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    recalls = recall_score(y_true, y_pred, labels=classes, average=None, zero_division=0)
-    row = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
-    }
-    row.update({f"recall_{c}": float(r) for c, r in zip(classes, recalls)})
+    """Accuracy, macro F1 and per-class recall from one confusion matrix: the definitions of scikit-learn's
+    accuracy_score, f1_score(average="macro") and recall_score(average=None) over `classes` with
+    zero_division=0 (tests/probe/test_sweep.py checks equality), without their input validation, which cost
+    5 ms per probe, as much as solving the probe (a 700-probe sweep spent 4 s in it)."""
+    k = len(classes)
+    t, p = np.searchsorted(classes, y_true).clip(0, k - 1), np.searchsorted(classes, y_pred).clip(0, k - 1)
+    if not (np.array_equal(classes[t], y_true) and np.array_equal(classes[p], y_pred)):
+        raise ValueError(f"labels outside the classes {list(classes)}")
+    confusion = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
+    hits, actual, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
+    recall = np.divide(hits, actual, out=np.zeros(k), where=actual > 0)
+    # scikit-learn's own form of F1: 2 tp / (true + predicted), 0 where both are empty
+    f1 = np.divide(2 * hits, actual + predicted, out=np.zeros(k), where=actual + predicted > 0)
+    row = {"accuracy": float(hits.sum() / max(len(t), 1)), "macro_f1": float(f1.mean())}
+    row.update({f"recall_{c}": float(r) for c, r in zip(classes, recall)})
     return row
 
 

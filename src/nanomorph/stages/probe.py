@@ -39,13 +39,13 @@ from nanomorph.config import Config
 from nanomorph.data.io import load_image_stack, read_mask
 from nanomorph.data.validation import accepted
 from nanomorph.errors import ConfigError, NanomorphError
-from nanomorph.models.encoder import ResNetEncoder, load_encoder, random_encoder
+from nanomorph.models.encoder import resolve_encoder
 from nanomorph.probe.advisor import evaluate_advisor, summarise_advisor
 from nanomorph.probe.anchors import anchor_study, summarise_anchors
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.cache import FeatureCache, image_set_fingerprint
 from nanomorph.probe.solvers import SOLVERS, SolverSettings, fit_predict
-from nanomorph.probe.splits import GivenSplit, SplitRule
+from nanomorph.probe.splits import SplitRule, split_rule
 from nanomorph.probe.classical import NAME as CLASSICAL
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.stats import holm, pairwise_wilcoxon
@@ -60,17 +60,6 @@ ADVISOR_SEED_OFFSET = 10_000
 SPARSE_CLASS, DENSE_CLASS = "dispersed", "network"
 BASELINES = ("random", CLASSICAL)   # what every pretrained encoder is compared with
 HEADLINE_MAX_N = 8                  # the few-label budgets of the headline tests
-
-
-def resolve_encoder(name: str, arch: str, seed: int) -> ResNetEncoder:
-    """`random` is the random-init baseline; any other name is a pretrained encoder under models/encoders/."""
-    if name == "random":
-        return random_encoder(arch, seed)
-    path = Path("models/encoders") / f"{name}.pt"
-    if not path.is_file():
-        raise NanomorphError(f"{path}: no pretrained encoder '{name}'; run the pretrain stage for it first")
-    encoder, _meta = load_encoder(path)
-    return encoder
 
 
 def check_params(cfg: Config) -> None:
@@ -141,18 +130,6 @@ def headline_family(linear: pd.DataFrame, encoders: tuple[str, ...]) -> pd.DataF
         columns=["n", "method_a", "method_b", "median_difference", "p", "p_holm"])
     tests["p_holm_family"] = holm(tests["p"].to_numpy()) if len(tests) else []
     return tests
-
-
-def split_rule(rows: pd.DataFrame, test_fraction: float, manifest: str) -> SplitRule:
-    """The data's own split when the manifest gives one (train, val, test per row), else seeded splits."""
-    try:
-        given = GivenSplit.from_column(rows["split"].tolist() if "split" in rows else [None] * len(rows), manifest)
-    except ValueError as exc:
-        raise NanomorphError(str(exc)) from None
-    if given is not None:
-        print(f"{manifest}: using its own split ({len(given.train)} train, {len(given.validation)} validation, "
-              f"{len(given.test)} test images); split seeds vary only the labelled training subsets")
-    return SplitRule(test_fraction, given)
 
 
 def run_probe(cfg: Config, _args: argparse.Namespace) -> None:

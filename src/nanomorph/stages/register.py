@@ -41,17 +41,17 @@ from nanomorph.config import Config
 from nanomorph.data.io import load_image_stack, load_mask_stack, read_image, read_mask
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
+from nanomorph.models.encoder import resolve_encoder
 from nanomorph.probe.classical import NAME as CLASSICAL
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
 from nanomorph.probe.linear import fit_linear_probe
-from nanomorph.probe.splits import GivenSplit, stratified_split
+from nanomorph.probe.splits import GivenSplit, split_rule, stratified_split
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.serving.package import log_classifier, log_segmenter
 from nanomorph.serving.train import train_unet
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
-from nanomorph.stages.probe import resolve_encoder, split_rule
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import (
     CHALLENGER, CHAMPION, Decision, apply_decision, promotion_decision, register_version, registry_state,

@@ -32,13 +32,14 @@ from nanomorph.config import Config
 from nanomorph.data.io import load_image_stack, load_mask_stack
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
+from nanomorph.models.encoder import resolve_encoder
+from nanomorph.probe.splits import split_rule
 from nanomorph.probe.stats import pairwise_wilcoxon
 from nanomorph.report.figures import grouped_boxplot
 from nanomorph.segment.figures import overlay_figure
 from nanomorph.segment.morphology import morphology_agreement, morphology_table
 from nanomorph.segment.sweep import SweepRun, segmentation_sweep
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
-from nanomorph.stages.probe import resolve_encoder, split_rule
 
 FIGURE_DIR = Path("figures/segment")
 MORPHOLOGY_CSV = Path("metrics/segment_morphology.csv")
