@@ -50,3 +50,10 @@ def test_predict_error_has_no_traceback_in_a_subprocess(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["nanomorph predict: error: missing.png: no such file or folder"]
+
+
+def test_version_names_the_installed_package(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"nanomorph {version('nanomorph')}"

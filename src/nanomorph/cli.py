@@ -18,7 +18,7 @@ COMMANDS = {
     "serve": "nanomorph.serving.serve",
 }
 
-USAGE = f"""usage: nanomorph <command> [options]
+USAGE = f"""usage: nanomorph <command> [options] | nanomorph --version
 
 commands: {', '.join(COMMANDS)}
 Run `nanomorph <command> --help` for a command's options; the whole pipeline is `dvc repro`."""
@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"nanomorph {version('nanomorph')}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"nanomorph: unknown command '{command}'\n{USAGE}", file=sys.stderr)

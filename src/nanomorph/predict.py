@@ -231,6 +231,10 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
             continue
         rows.append(row)
     table = pd.DataFrame(rows)
+    # Probabilities and densities to 4 decimals: the models are not more accurate than that, and 17-digit
+    # floats make the CSV unreadable. The in-memory PredictionRun keeps the rounded values too.
+    fractions = [c for c in table.columns if c.startswith("prob_") or c == "density"]
+    table[fractions] = table[fractions].round(4)
     skipped_table = pd.DataFrame(skipped, columns=["file", "reason"])
     files_written = {"predictions": out_dir / "predictions.csv", "skipped": out_dir / "skipped.csv"}
     table.to_csv(files_written["predictions"], index=False)

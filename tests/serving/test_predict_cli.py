@@ -36,7 +36,9 @@ def test_predict_classifies_segments_and_skips_bad_files(tiny_registry, tmp_path
     assert sorted(table["file"].map(lambda f: f.split("/")[-1])) == sorted(p.name for p in tiny_registry.files)
     classes = [str(c) for c in tiny_registry.probe.classes_]
     assert {"class", "density", "percolates", "objects", "overlay", *(f"prob_{c}" for c in classes)} <= set(table)
-    np.testing.assert_allclose(table[[f"prob_{c}" for c in classes]].sum(axis=1), 1.0, atol=1e-9)
+    probs = table[[f"prob_{c}" for c in classes]]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=len(classes) * 5e-5)  # each rounded to 4 decimals
+    np.testing.assert_array_equal(probs.to_numpy(), probs.to_numpy().round(4))
     for _, row in table.iterrows():
         overlay = np.asarray(Image.open(row["overlay"]))
         source = np.asarray(Image.open(row["file"]))
@@ -94,7 +96,7 @@ def test_predict_with_the_classical_segmenter_needs_no_registry(tmp_path, capsys
     assert code == 0, captured.err
     assert "global Otsu, objects darker" in captured.err
     row = pd.read_csv(out / "predictions.csv").iloc[0]
-    assert row["objects"] == 1 and row["density"] == pytest.approx(6 * 70 / (48 * 80))
+    assert row["objects"] == 1 and row["density"] == round(6 * 70 / (48 * 80), 4)
     assert np.asarray(Image.open(row["overlay"])).shape == (48, 80, 3)
 
 
