@@ -276,16 +276,102 @@ def _intercept_damping(problems: _Problems) -> torch.Tensor:
     return damping
 
 
-def newton_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int, max_backtracks: int = 50):
-    """Damped Newton on every problem at once; returns (x, n_iter, converged, grad_norm).
+class _HeadPreconditioner:
+    """M ~ Hessian for problems idx at their log-probabilities: exact on the `head` largest singular
+    directions of every class and the intercepts, diagonal (the Hessian's own diagonal) on the others.
 
-    The Hessian is exact, plus `_intercept_damping` in the linear solve. Only problems still above `tol`
-    are computed.
-    """
+    Why: the rotated columns are orthogonal, but the softmax weights p(1 - p) of the rows are not uniform once
+    the rows are fitted, so the data term F^T diag(w) F couples the directions with large singular values.
+    On SimCLR features of the default data (80 labels per class) the condition number of the Hessian is
+    ~8.5e4 after diagonal scaling (L-BFGS needs ~2000 iterations), ~20 after this with head 32, ~9 with 64."""
+
+    def __init__(self, problems: _Problems, logp, idx, damping, head: int):
+        r, K = problems.r, problems.K
+        # _rotate orders F's columns by increasing singular value: the head is the last `head` plus the intercept.
+        self.cols = torch.arange(max(r - head, 0), r + 1)
+        self.tail = torch.arange(0, max(r - head, 0))
+        Q, h = len(idx), len(self.cols)
+        H = problems.hessian(logp, idx, self.cols)
+        H.diagonal(dim1=1, dim2=2).add_(_take(damping, idx)[:, :, self.cols].reshape(Q, -1))
+        self.chol, info = torch.linalg.cholesky_ex(H)
+        if bool((info != 0).any()):
+            raise FloatingPointError("batched Newton-CG: a Hessian block is not positive definite")
+        Ft = _take(problems.Faug, idx)[:, :, self.tail]
+        prob = _probabilities(logp)
+        w_kk = _take(problems.row_w, idx)[..., None] * prob * (1 - prob)  # (Q, m, K): the Hessian's diagonal
+        diag_add = _take(problems.penalty, idx) + _take(damping, idx)
+        self.tail_diag = (w_kk.transpose(1, 2) @ (Ft * Ft)) + diag_add[:, :, self.tail]  # (Q, K, tail)
+        self.K, self.h = K, h
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """M^-1 v for v (Q, K, r + 1)."""
+        out = torch.empty_like(v)
+        head = v[:, :, self.cols].reshape(len(v), -1, 1)
+        out[:, :, self.cols] = torch.cholesky_solve(head, self.chol).reshape(len(v), self.K, self.h)
+        out[:, :, self.tail] = v[:, :, self.tail] / self.tail_diag
+        return out
+
+
+def _cholesky_direction(problems: _Problems, now: _State, idx, damping, tol):
+    """Exact Newton direction -H^-1 g (H the exact Hessian plus the intercept damping)."""
+    H = problems.hessian(now.logp, idx)
+    H.diagonal(dim1=1, dim2=2).add_(_take(damping, idx).reshape(len(idx), -1))
+    chol, info = torch.linalg.cholesky_ex(H)
+    if bool((info != 0).any()):
+        raise FloatingPointError("batched Newton: a Hessian is not positive definite (non-finite features?)")
+    return -torch.cholesky_solve(now.g.reshape(len(idx), -1, 1), chol).reshape(now.g.shape)
+
+
+CG_HEAD = 32  # singular directions per class the Newton-CG preconditioner treats exactly
+
+
+def _cg_direction(problems: _Problems, now: _State, idx, damping, tol, head: int = CG_HEAD, max_cg: int = 250):
+    """Inexact Newton direction: H s = -g solved by conjugate gradients preconditioned with
+    `_HeadPreconditioner`, to a relative residual eta = min(0.5, sqrt(|g|)) (Eisenstat and Walker's forcing
+    term: loose far from the optimum, tight near it, so the final steps converge quadratically). A
+    Hessian-vector product costs two products with F, like one L-BFGS iteration; H is never formed."""
+    prob, row_w = _probabilities(now.logp), _take(problems.row_w, idx)[..., None]
+    diag_add = _take(problems.penalty, idx) + _take(damping, idx)
+
+    def hvp(v):
+        u = problems.logits(v, idx)
+        Au = (prob * u - prob * (prob * u).sum(2, keepdim=True)) * row_w
+        return _product(problems.FaugT, idx, Au).transpose(1, 2) + diag_add * v
+
+    def norm(v):
+        return v.flatten(1).norm(dim=1)
+
+    M = _HeadPreconditioner(problems, now.logp, idx, damping, head)
+    g_norm = norm(now.g)
+    target = torch.minimum(torch.full_like(g_norm, 0.5), g_norm.sqrt()) * g_norm
+    step = torch.zeros_like(now.g)
+    resid = -now.g
+    z = M.solve(resid)
+    direction = z.clone()
+    rz = (resid * z).sum((1, 2))
+    solving = norm(resid) > target
+    for _ in range(max_cg):
+        if not bool(solving.any()):
+            break
+        Hd = hvp(direction)
+        alpha = torch.where(solving, rz / (direction * Hd).sum((1, 2)).clamp_min(1e-300), torch.zeros_like(rz))
+        step += alpha[:, None, None] * direction
+        resid -= alpha[:, None, None] * Hd
+        solving &= norm(resid) > target
+        z = M.solve(resid)
+        rz_new = (resid * z).sum((1, 2))
+        beta = torch.where(solving, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
+        direction = z + beta[:, None, None] * direction
+        rz = rz_new
+    return step
+
+
+def _newton(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int, direction, max_backtracks: int = 50):
+    """Damped (inexact) Newton on every problem at once with steps from `direction`, an Armijo line search
+    from t = 1; returns (x, n_iter, converged, grad_norm). Only problems still above `tol` are computed."""
     P = x0.shape[0]
     everything = torch.arange(P)
     state = _State.exact(problems, x0.clone(), everything)
-    K, n = problems.K, problems.r + 1
     damping = _intercept_damping(problems)
 
     def norm(g, idx):
@@ -298,13 +384,12 @@ def newton_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: 
         if len(idx) == 0:
             break
         now = state.rows(idx)
-        H = problems.hessian(now.logp, idx)
-        H.diagonal(dim1=1, dim2=2).add_(_take(damping, idx).reshape(len(idx), -1))
-        chol, info = torch.linalg.cholesky_ex(H)
-        if bool((info != 0).any()):
-            raise FloatingPointError("batched Newton: a Hessian is not positive definite (non-finite features?)")
-        step = -torch.cholesky_solve(now.g.reshape(len(idx), -1, 1), chol).reshape(len(idx), K, n)
+        step = direction(problems, now, idx, damping, tol)
         slope = (now.g * step).sum((1, 2))
+        uphill = ~(slope < 0)  # rounding at the optimum (or a truncated CG step): steepest descent there
+        if bool(uphill.any()):
+            step[uphill] = -now.g[uphill]
+            slope = (now.g * step).sum((1, 2))
         new, accepted = _line_search(problems, now, step, slope, idx, torch.ones(len(idx), dtype=x0.dtype),
                                      max_backtracks)
         stopped = _confirm(problems, new, idx, norm, tol)
@@ -314,6 +399,16 @@ def newton_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: 
         active[idx] = accepted & ~stopped
     grad_norm = norm(state.g, everything)
     return state.x, n_iter, grad_norm <= tol, grad_norm
+
+
+def newton_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int):
+    """Newton with the exact Hessian (plus `_intercept_damping` in the linear solve)."""
+    return _newton(problems, x0, tol, max_iter, _cholesky_direction)
+
+
+def newton_cg_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int):
+    """Inexact Newton with `_cg_direction` steps."""
+    return _newton(problems, x0, tol, max_iter, _cg_direction)
 
 
 def lbfgs_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int, history: int = 10,
@@ -409,110 +504,6 @@ def lbfgs_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: i
     return state.x / d, n_iter, grad_norm <= tol, grad_norm
 
 
-class _HeadPreconditioner:
-    """M ~ Hessian for problems idx at their log-probabilities: exact on the `head` largest singular
-    directions of every class and the intercepts, diagonal (the Hessian's own diagonal) on the others.
-
-    Why: the rotated columns are orthogonal, but the softmax weights p(1 - p) of the rows are not uniform once
-    the rows are fitted, so the data term F^T diag(w) F couples the directions with large singular values.
-    On SimCLR features of the default data (80 labels per class) the condition number of the Hessian is
-    ~8.5e4 after diagonal scaling (L-BFGS needs ~2000 iterations), ~20 after this with head 32, ~9 with 64."""
-
-    def __init__(self, problems: _Problems, logp, idx, damping, head: int):
-        r, K = problems.r, problems.K
-        # _rotate orders F's columns by increasing singular value: the head is the last `head` plus the intercept.
-        self.cols = torch.arange(max(r - head, 0), r + 1)
-        self.tail = torch.arange(0, max(r - head, 0))
-        Q, h = len(idx), len(self.cols)
-        H = problems.hessian(logp, idx, self.cols)
-        H.diagonal(dim1=1, dim2=2).add_(_take(damping, idx)[:, :, self.cols].reshape(Q, -1))
-        self.chol, info = torch.linalg.cholesky_ex(H)
-        if bool((info != 0).any()):
-            raise FloatingPointError("batched Newton-CG: a Hessian block is not positive definite")
-        Ft = _take(problems.Faug, idx)[:, :, self.tail]
-        prob = _probabilities(logp)
-        w_kk = _take(problems.row_w, idx)[..., None] * prob * (1 - prob)  # (Q, m, K): the Hessian's diagonal
-        diag_add = _take(problems.penalty, idx) + _take(damping, idx)
-        self.tail_diag = (w_kk.transpose(1, 2) @ (Ft * Ft)) + diag_add[:, :, self.tail]  # (Q, K, tail)
-        self.K, self.h = K, h
-
-    def solve(self, v: torch.Tensor) -> torch.Tensor:
-        """M^-1 v for v (Q, K, r + 1)."""
-        out = torch.empty_like(v)
-        head = v[:, :, self.cols].reshape(len(v), -1, 1)
-        out[:, :, self.cols] = torch.cholesky_solve(head, self.chol).reshape(len(v), self.K, self.h)
-        out[:, :, self.tail] = v[:, :, self.tail] / self.tail_diag
-        return out
-
-
-def newton_cg_batched(problems: _Problems, x0: torch.Tensor, tol: float, max_iter: int, head: int = 32,
-                      max_cg: int = 250, max_backtracks: int = 50):
-    """Inexact Newton on every problem at once: each step solves H s = -g by conjugate gradients
-    preconditioned with `_HeadPreconditioner`, to a relative residual eta = min(0.5, sqrt(|g|)) (Eisenstat
-    and Walker's forcing term: loose far from the optimum, tight near it, so the final steps converge
-    quadratically), then an Armijo line search. A Hessian-vector product costs two products with F, like
-    one L-BFGS iteration; the Hessian itself is never formed. Returns (x, n_iter, converged, grad_norm)."""
-    P, K, n = x0.shape
-    everything = torch.arange(P)
-    state = _State.exact(problems, x0.clone(), everything)
-    damping = _intercept_damping(problems)
-
-    def norm(g, idx):
-        return g.flatten(1).norm(dim=1)
-
-    active = norm(state.g, everything) > tol
-    n_iter = torch.zeros(P, dtype=torch.long)
-    for _ in range(max_iter):
-        idx = torch.nonzero(active).squeeze(1)
-        if len(idx) == 0:
-            break
-        now = state.rows(idx)
-        prob, row_w = _probabilities(now.logp), _take(problems.row_w, idx)[..., None]
-        diag_add = _take(problems.penalty, idx) + _take(damping, idx)
-
-        def hvp(v):
-            u = problems.logits(v, idx)
-            Au = (prob * u - prob * (prob * u).sum(2, keepdim=True)) * row_w
-            return _product(problems.FaugT, idx, Au).transpose(1, 2) + diag_add * v
-
-        M = _HeadPreconditioner(problems, now.logp, idx, damping, head)
-        g_norm = norm(now.g, idx)
-        target = torch.minimum(torch.full_like(g_norm, 0.5), g_norm.sqrt()) * g_norm
-        step = torch.zeros_like(now.g)
-        resid = -now.g
-        z = M.solve(resid)
-        direction = z.clone()
-        rz = (resid * z).sum((1, 2))
-        solving = norm(resid, idx) > target
-        for _cg in range(max_cg):
-            if not bool(solving.any()):
-                break
-            Hd = hvp(direction)
-            curvature = (direction * Hd).sum((1, 2))
-            alpha = torch.where(solving, rz / curvature.clamp_min(1e-300), torch.zeros_like(rz))
-            step += alpha[:, None, None] * direction
-            resid -= alpha[:, None, None] * Hd
-            solving &= norm(resid, idx) > target
-            z = M.solve(resid)
-            rz_new = (resid * z).sum((1, 2))
-            beta = torch.where(solving, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
-            direction = z + beta[:, None, None] * direction
-            rz = rz_new
-        slope = (now.g * step).sum((1, 2))
-        uphill = ~(slope < 0)  # rounding at the optimum: fall back to steepest descent there
-        if bool(uphill.any()):
-            step[uphill] = -now.g[uphill]
-            slope = (now.g * step).sum((1, 2))
-        new, accepted = _line_search(problems, now, step, slope, idx, torch.ones(len(idx), dtype=x0.dtype),
-                                     max_backtracks)
-        stopped = _confirm(problems, new, idx, norm, tol)
-        state.put(idx, new)
-        n_iter[idx] += 1
-        active[idx] = accepted & ~stopped
-    grad_norm = norm(state.g, everything)
-    return state.x, n_iter, grad_norm <= tol, grad_norm
-
-
 METHODS = ("auto", "newton", "newton_cg", "lbfgs")
 # `auto` uses Newton while a probe has at most this many parameters K * (r + 1), above it Newton-CG. Exact
 # Newton's cost per iteration grows like r^3 (the Hessian and its Cholesky factor); Newton-CG's like r^2 per
@@ -571,10 +562,12 @@ def predict_batched(X: torch.Tensor, mean, scale, W, b, class_mask: torch.Tensor
 
 
 def _elements(rows: int, predict_rows: int, dim: int, n_classes: int, method: str) -> int:
-    """float64 values one probe of a chunk holds at once: its padded rows, rotation, predictions, Hessian."""
+    """float64 values one probe of a chunk holds at once: its padded rows, rotation (F and its transposed
+    copy), predictions, and the Hessian (Newton) or its head block (Newton-CG)."""
     r = min(rows, dim)
-    hessian = (n_classes * (r + 1)) ** 2 if choose_method(method, n_classes, rows, dim) == "newton" else 0
-    return rows * dim * 2 + rows * r + predict_rows * dim + dim * r + hessian
+    chosen = choose_method(method, n_classes, rows, dim)
+    hessian = {"newton": (n_classes * (r + 1)) ** 2, "newton_cg": (n_classes * (min(r, CG_HEAD) + 1)) ** 2}.get(chosen, 0)
+    return rows * dim * 2 + 2 * rows * (r + 1) + predict_rows * dim + dim * r + hessian
 
 
 def _chunks(order: Sequence[int], rows: np.ndarray, predict_rows: np.ndarray, dim: int, n_classes: int,
