@@ -21,6 +21,18 @@ import pytest
 from conftest import CLASSIFIER
 
 STARTUP_TIMEOUT_S = 180
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_curl(port: int) -> str:
+    """README's curl request to the served model (its lines from `curl` to the first without a trailing
+    backslash), pointed at `port` instead of the documented 5001."""
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("curl ") and "/invocations" in line)
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
+    command = "\n".join(lines[start : end + 1])
+    assert "127.0.0.1:5001" in command, command
+    return command.replace("127.0.0.1:5001", f"127.0.0.1:{port}")
 
 
 def _free_port() -> int:
@@ -87,6 +99,7 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
         by_path = _post(url, {"dataframe_split": {"columns": ["path"], "data": data}})
         inline = _post(url, {"dataframe_records": [{"image": tiny_registry.file_images[0].tolist()}],
                              "params": {"return_embeddings": True}})
+        readme = subprocess.run(["bash", "-c", _readme_curl(port)], capture_output=True, text=True, timeout=120)
         secret = tiny_registry.root / "mlflow.db"  # a file the server can read, outside the allowed folder
         (allowed.parent / "mlflow.db").write_bytes(b"")  # what ../mlflow.db would open
         refusals = [_post_status(url, {"dataframe_split": {"columns": ["path"], "data": [[value]]}})
@@ -102,6 +115,10 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
         probs = np.array([row[f"prob_{c}"] for c in classes])
         assert probs.sum() == pytest.approx(1.0) and (probs >= 0).all()
         assert row["class"] == classes[int(probs.argmax())]
+    assert readme.returncode == 0, readme.stderr
+    (documented,) = json.loads(readme.stdout)["predictions"]  # README's example answers as README says
+    assert documented["class"] in classes
+    assert sum(documented[f"prob_{c}"] for c in classes) == pytest.approx(1.0, abs=1e-6)
     first = inline["predictions"][0]
     assert first["class"] == rows[0]["class"]
     assert first["prob_network"] == pytest.approx(rows[0]["prob_network"], abs=1e-6)
