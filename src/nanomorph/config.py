@@ -151,7 +151,7 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class PretrainConfig:
     methods: tuple[SslMethod, ...]
-    task_images: bool          # also pretrain on the task's own (unlabelled) nanowire images
+    images: Literal["generic", "task", "generic+task"]  # generic EM images and/or the task's own, unlabelled
     seed: NonNegative
     temperature: Positive
     lambd: NonNegativeFloat

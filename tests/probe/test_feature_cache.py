@@ -114,3 +114,19 @@ def test_key_and_features_change_with_the_dihedral_readout(tmp_path, encoder, im
     assert not np.allclose(plain, averaged)
     again, entry = cache.get_or_extract("enc", 0, encoder, SIZE, "set-a", len(images), Loader(images), dihedral=True)
     assert entry.hit and np.array_equal(again, averaged)
+
+
+def test_key_records_where_the_features_were_computed():
+    # CPU and CUDA features (TF32 or not) differ beyond float32 rounding: they must not share an entry (issue 18).
+    parts = {d: FeatureCache.key("enc", SIZE, "set-a", device=d) for d in ("cpu", "cuda", torch.device("cpu"))}
+    assert parts["cpu"]["arithmetic"] == "cpu" and parts["cpu"]["key"] == parts[torch.device("cpu")]["key"]
+    assert parts["cuda"]["arithmetic"] in ("cuda-fp32", "cuda-tf32") and parts["cuda"]["key"] != parts["cpu"]["key"]
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+        fp32 = FeatureCache.key("enc", SIZE, "set-a", device="cuda")
+        torch.backends.cudnn.allow_tf32 = True
+        tf32 = FeatureCache.key("enc", SIZE, "set-a", device="cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert (fp32["arithmetic"], tf32["arithmetic"]) == ("cuda-fp32", "cuda-tf32") and fp32["key"] != tf32["key"]

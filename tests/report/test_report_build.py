@@ -184,3 +184,16 @@ def test_real_data_section_shows_the_benchmark_beside_its_classical_baseline(tmp
     assert "366 real images" in section and "| training images | real_barlow_twins | otsu |" in section
     assert "| 4 | 0.610 | 0.580 |" in section and "0.020" in section
     assert "generator_realism.png is missing" in page      # no figure in this benchmarks folder: said, not hidden
+
+
+def test_headline_names_what_the_encoders_were_pretrained_on(tmp_path):
+    metrics = _metrics(tmp_path)
+    paths = write_report(metrics, tmp_path / "reports", "micro", 8, (tmp_path / "a", tmp_path / "b"),
+                         benchmarks=tmp_path / "benchmarks", pretraining=(("simclr",), "task"))
+    markdown = paths["markdown"].read_text()
+    headline = markdown.split("## ", 2)[1]
+    assert "Pretrained encoders (simclr) learned self-supervised from the task's own nanowire images" in headline
+    assert "(pretrain.images: task)" in headline
+    unnamed = write_report(metrics, tmp_path / "plain", "micro", 8, (tmp_path / "a", tmp_path / "b"),
+                           benchmarks=tmp_path / "benchmarks")["markdown"].read_text()
+    assert "Pretrained encoders" not in unnamed

@@ -137,8 +137,10 @@ def test_validation_part_is_scored_and_never_trained_on():
         assert not set(run.fit_idx) & set(val_idx) and set(run.fit_idx) <= set(train_idx)
     for n in (2, 12):
         rows = df[df.n == n]
-        assert sorted(rows[rows.split == "validation"].image_index) == sorted(val_idx.tolist())
         assert sorted(rows[rows.split == "test"].image_index) == sorted(test_idx.tolist())
+    # Validation is scored where the stage chooses: at the largest training set only.
+    assert sorted(df[df.split == "validation"].image_index) == sorted(val_idx.tolist())
+    assert set(df[df.split == "validation"].n) == {12}
 
 
 def test_random_crops_cut_the_same_window_from_image_and_mask():

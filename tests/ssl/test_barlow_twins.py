@@ -66,3 +66,15 @@ def test_groups_standardise_each_block_on_its_own():
     c = sum(standardise(a).T @ standardise(b) for a, b in zip(z1.split(4), z2.split(4))) / 8
     expected = (torch.diagonal(c) - 1).pow(2).sum() + 0.005 * (c - torch.diag(torch.diagonal(c))).pow(2).sum()
     assert torch.allclose(barlow_twins_loss(z1, z2, groups=2), expected, rtol=1e-5)
+
+
+def test_float32_inside_a_bf16_autocast_region():
+    # The training loop runs the encoder under bf16 autocast; the loss must not inherit it (issue 18).
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g)
+    plain = barlow_twins_loss(z1, z2, 0.005)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = barlow_twins_loss(z1, z2, 0.005)
+        assert (z1.T @ z2).dtype == torch.bfloat16  # what autocast would have done to the cross-correlation
+    assert inside.dtype == torch.float32
+    assert torch.equal(inside, plain)

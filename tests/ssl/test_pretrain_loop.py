@@ -265,3 +265,21 @@ def test_cpu_bf16_run_trains_differs_from_float32_and_does_not_resume_a_float32_
     pretrain(textures(8), **settings, checkpoint_path=bf16_ckpt, cpu_bf16=True)
     with pytest.raises(ValueError, match="autocast"):  # and the other way round
         pretrain(textures(8), **settings, checkpoint_path=bf16_ckpt)
+
+
+def test_batchnorm_is_synchronised_only_for_ddp_on_cuda():
+    # SyncBatchNorm for CUDA DDP (as the Barlow Twins reference); CPU/gloo and single-process runs keep BatchNorm.
+    from torch import nn
+
+    from nanomorph.ssl.train import sync_batchnorm, syncs_batchnorm
+
+    def kinds(module):
+        return {type(m) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    assert not syncs_batchnorm(torch.device("cpu"), 2) and not syncs_batchnorm(torch.device("cuda"), 1)
+    encoder = random_encoder("resnet18", seed=0)
+    keys = list(encoder.state_dict())
+    assert kinds(sync_batchnorm(encoder, torch.device("cpu"), 2)) == {nn.BatchNorm2d}
+    synced = sync_batchnorm(encoder, torch.device("cuda", 0), 2)
+    assert synced is encoder and kinds(encoder) == {nn.SyncBatchNorm}  # replaced in place, same module
+    assert list(encoder.state_dict()) == keys

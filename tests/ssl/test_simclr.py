@@ -54,3 +54,17 @@ def test_gradient_is_finite_and_reaches_both_views():
     nt_xent_loss(z1, z2).backward()
     for grad in (z1.grad, z2.grad):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_float32_inside_a_bf16_autocast_region():
+    # The training loop runs the encoder under bf16 autocast; the loss must not inherit it (issue 18).
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g)
+    plain = nt_xent_loss(z1, z2, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = nt_xent_loss(z1, z2, 0.1)
+        # The same similarity matmul left to autocast is computed in bf16 and rounds visibly:
+        z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+        assert (z @ z.T).dtype == torch.bfloat16
+    assert inside.dtype == torch.float32
+    assert torch.equal(inside, plain)

@@ -59,7 +59,9 @@ def _barlow_blockwise(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     return (torch.diagonal(c) - 1).pow(2).sum() + 0.005 * off.pow(2).sum()
 
 
-LOSSES = {"simclr": (nt_xent_loss, nt_xent_loss), "barlow_twins": (barlow_twins_loss, _barlow_blockwise)}
+LOSSES = {"simclr": (nt_xent_loss, nt_xent_loss), "barlow_twins": (barlow_twins_loss, _barlow_blockwise),
+          # With sync (CUDA DDP, SyncBatchNorm) the ranks' standardisation is the whole global batch's.
+          "barlow_twins_sync": (functools.partial(barlow_twins_loss, sync=True), barlow_twins_loss)}
 
 
 def _reference(loss_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,13 +1,15 @@
 """Content-keyed cache of frozen-encoder features.
 
-Features depend on exactly five things, and the cache key is a hash of all five:
+Features depend on exactly six things, and the cache key is a hash of all six:
   * the encoder's weights (a hash of every tensor of its state dict, BatchNorm statistics included, plus
     its architecture), not its file name or time stamp: a retrained encoder with new weights misses the
     cache, an untouched one hits it even if its file was rewritten;
   * the resolution the images are resized to, and the encoder stages pooled;
   * the image set: the content hashes of the images, in order (the validate stage's sha256 column);
   * the extraction code itself (source of `extract_features` and `normalise`, and the torch version), so a
-    change to how features are computed invalidates every entry.
+    change to how features are computed invalidates every entry;
+  * where they were computed: the device kind and, on CUDA, whether TF32 matmuls/convolutions were allowed
+    (`arithmetic`), since GPU features differ from CPU ones beyond float32 rounding.
 An entry is `<name>_seed<s>_<key>.npy` beside a `.json` sidecar holding the key's parts; `index.json` lists
 the entries of the last run. An entry whose sidecar key or row count does not match is recomputed.
 """
@@ -57,6 +59,16 @@ def image_set_fingerprint(content_hashes: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(str(h) for h in content_hashes).encode()).hexdigest()
 
 
+def arithmetic(device: str | torch.device) -> str:
+    """How features are computed on `device`, as far as it changes their values: `cpu` (float32), `cuda-fp32`
+    or `cuda-tf32` (TF32 matmuls or convolutions allowed), or the device kind for any other."""
+    kind = torch.device(device).type
+    if kind != "cuda":
+        return kind
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    return "cuda-tf32" if tf32 else "cuda-fp32"
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     name: str
@@ -74,9 +86,11 @@ class FeatureCache:
 
     @staticmethod
     def key(encoder_hash: str, image_size: int, image_set_hash: str,
-            stages: tuple[str, ...] = ("layer4",), dihedral: bool = False) -> dict[str, str | int]:
+            stages: tuple[str, ...] = ("layer4",), dihedral: bool = False,
+            device: str | torch.device = "cpu") -> dict[str, str | int]:
         parts: dict[str, str | int] = {"encoder": encoder_hash, "image_size": int(image_size),
-                                       "image_set": image_set_hash, "extractor": extractor_fingerprint()}
+                                       "image_set": image_set_hash, "extractor": extractor_fingerprint(),
+                                       "arithmetic": arithmetic(device)}
         if tuple(stages) != ("layer4",):  # the default keeps the keys of caches written before stages existed
             parts["stages"] = ",".join(stages)
         if dihedral:
@@ -111,7 +125,7 @@ class FeatureCache:
 
         `load_images` is called only on a miss, so a fully cached run never decodes an image.
         """
-        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash, stages, dihedral)
+        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash, stages, dihedral, device)
         array_path, meta_path = self._paths(name, encoder_seed, str(parts["key"]))
         features = self.lookup(name, encoder_seed, parts, n_images)
         hit = features is not None

@@ -73,12 +73,25 @@ def _paid_off(tests: list[dict], method: str, baselines: tuple[str, ...] | list[
     return sorted(n for n, beaten in wins.items() if beaten >= set(baselines))
 
 
-def _headline_section(metrics_dir: Path, data_source: str) -> Section:
+PRETRAINING_IMAGES = {
+    "generic": "generic EM images of other materials (as the paper's CEM500K)",
+    "task": "the task's own nanowire images, without their labels or masks",
+    "generic+task": "generic EM images of other materials and the task's own nanowire images (unlabelled)",
+}
+
+
+def _headline_section(metrics_dir: Path, data_source: str, pretraining: tuple[tuple[str, ...], str] | None) -> Section:
     """Per task: learned vs classical vs random-init at every label budget, the paper beside them."""
     section = Section("Headline: did pretraining pay off?")
     synthetic = data_source == "synthetic"
+    pretrained = ""
+    if pretraining is not None:
+        methods, images = pretraining
+        pretrained = (f"Pretrained encoders ({', '.join(methods)}) learned self-supervised from "
+                      f"{PRETRAINING_IMAGES.get(images, images)} (pretrain.images: {images}). ")
     section.add("text", ("Data: the embedded procedural generator of TEM-like nanowire images (synthetic, exact "
                          "masks), not real micrographs. " if synthetic else f"Data source: {data_source}. ")
+                + pretrained
                 + "Baselines on the same splits: random-init = the same ResNet with untrained weights; classical = "
                   "hand-crafted intensity/texture/morphology features (probe) or Otsu / local thresholds fitted on "
                   "the training images (segmentation). Medians over splits (probe) or test images (segmentation); "
@@ -364,10 +377,12 @@ def _registry_section(register: dict) -> Section:
 
 def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
                  figure_dirs: tuple[Path, Path] = FIGURE_DIRS, data_source: str = "synthetic",
-                 benchmarks: Path = BENCHMARKS) -> dict[str, Path]:
+                 benchmarks: Path = BENCHMARKS,
+                 pretraining: tuple[tuple[str, ...], str] | None = None) -> dict[str, Path]:
     """Write metrics.json, the figures, report.md and report.html into `out_dir`; returns their paths.
 
-    `figure_dirs` are the (probe, segment) folders whose PNGs are shown in their sections.
+    `figure_dirs` are the (probe, segment) folders whose PNGs are shown in their sections; `pretraining`, when
+    given, is (methods, `pretrain.images`), named in the headline.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     probe = pd.read_csv(metrics_dir / "probe_results.csv")
@@ -400,7 +415,7 @@ def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
     _gallery(segmentation, figure_dirs[1])
 
     sections = [
-        _headline_section(metrics_dir, data_source),
+        _headline_section(metrics_dir, data_source, pretraining),
         _real_data_section(benchmarks),
         classification,
         segmentation,

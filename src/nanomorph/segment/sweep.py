@@ -4,7 +4,9 @@ For each seed the images are split ONCE into train/test (stratified by `strata` 
 `validation_fraction` > 0 a validation part is carved out of the train part the same way. Training sets
 are nested seeded subsets of what is left; every model is scored on every validation and every test image
 (column `split`). Nothing is early-stopped or selected on the test images: a caller choosing among runs
-(e.g. the best encoder) must choose on the validation rows, which no model was trained on.
+(e.g. the best encoder) must choose on the validation rows, which no model was trained on. Validation images
+are scored only by the runs at each seed's largest training set, where the segment stage makes its choice
+(U-Net prediction is ~half a run's time, so the other runs skip it).
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def segmentation_sweep(
     """Rows (encoder, seed, n, split, image_index, dice, iou): one per validation or test image per
     (encoder, seed, n) run.
 
-    `image_index` indexes `images`. Sizes larger than the train part are skipped with a warning. The
+    `image_index` indexes `images`; validation rows come from the runs at each seed's largest n. Sizes
+    larger than the train part are skipped with a warning. The
     seed drives the split, the subset draw, the U-Net initialisation and the training shuffles/flips,
     identically for every encoder. `on_run`, when given, receives every finished run (model and test
     predictions included), e.g. to keep the predictions of some runs for further analysis.
@@ -135,14 +138,17 @@ def segmentation_sweep(
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     plan, classical_plan = [], []
+    no_validation = np.array([], dtype=int)
     for seed in seeds:
         train_idx, val_idx, test_idx = split_train_validation_test(len(images), test_fraction, validation_fraction,
                                                                    seed, strata)
         subsets = (nested_stratified_subsets(train_idx, train_sizes, seed, strata)
                    if balanced_subsets and strata is not None else nested_subsets(train_idx, train_sizes, seed))
         for n, fit_idx in subsets.items():
-            plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in encoder_states)
-            classical_plan.extend((name, int(seed), n, fit_idx, val_idx, test_idx) for name in classical)
+            # Validation images are scored only where a choice is made: at the seed's largest training set.
+            scored_val = val_idx if n == max(subsets) else no_validation
+            plan.extend((name, int(seed), n, fit_idx, scored_val, test_idx) for name in encoder_states)
+            classical_plan.extend((name, int(seed), n, fit_idx, scored_val, test_idx) for name in classical)
     predict_bf16 = cpu_bf16 if predict_cpu_bf16 is None else predict_cpu_bf16
     rows: list[dict] = []
     for name, seed, n, fit_idx, val_idx, test_idx in classical_plan:

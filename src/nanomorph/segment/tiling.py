@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from nanomorph.models.encoder import normalise
+from nanomorph.segment.model import channels_last_inference
 
 WINDOWS = ("cosine", "linear")
 # smp's U-Net halves the resolution five times and concatenates skips: tile sides, tile origins and the
@@ -179,6 +180,7 @@ def _pad_to_multiple(image: np.ndarray) -> np.ndarray:
 def _probabilities(model: nn.Module, tiles: np.ndarray, device: str | torch.device) -> np.ndarray:
     """Sigmoid of the model's logits for a (N, h, w) stack of [0, 1] tiles, as (N, h, w) float32."""
     x = normalise(torch.from_numpy(np.ascontiguousarray(tiles)).unsqueeze(1)).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)  # the layout of `channels_last_inference`
     logits = model(x)
     if tuple(logits.shape) != (x.shape[0], 1, *x.shape[2:]):
         raise ValueError(f"model returned {tuple(logits.shape)} for tiles {tuple(x.shape)}; "
@@ -194,9 +196,7 @@ def whole_image_probabilities(model: nn.Module, image: np.ndarray, *,
     image: use `tiled_probabilities` for large ones.
     """
     image = _as_image(image)
-    model.eval()
-    model.to(device)
-    with torch.no_grad():
+    with channels_last_inference(model, device):
         probabilities = _probabilities(model, _pad_to_multiple(image)[None], device)[0]
     return probabilities[:image.shape[0], :image.shape[1]]
 
@@ -227,9 +227,7 @@ def tiled_probabilities(
     col_weights = dict(zip(col_origins, axis_weights(col_origins, tile_width, overlap, margin, window)))
     blended = np.zeros(padded.shape, dtype=np.float32)
     total_weight = np.zeros(padded.shape, dtype=np.float32)
-    model.eval()
-    model.to(device)
-    with torch.no_grad():
+    with channels_last_inference(model, device):
         for batch in _batches(tile_origins(height, width, tile_size, overlap), batch_size):
             tiles = np.stack([padded[r:r + tile_height, c:c + tile_width] for r, c in batch])
             for (r, c), p in zip(batch, _probabilities(model, tiles, device)):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from nanomorph.models.dihedral import SYMMETRIES, turn, unturn
 from nanomorph.models.encoder import normalise
 from nanomorph.models.precision import cpu_autocast
-from nanomorph.segment.model import set_train_mode, trainable_parameters
+from nanomorph.segment.model import channels_last_inference, set_train_mode, trainable_parameters
 
 # smp's U-Net halves the resolution five times and concatenates skips, so sides must divide by 32.
 _SIDE_MULTIPLE = 32
@@ -190,12 +190,10 @@ def predict_probabilities(
     BatchNorm; `train_segmenter` sets the right modes itself.)
     """
     x_all = _to_input(images)
-    model.eval()
-    model.to(device)
     out = []
-    with torch.no_grad(), cpu_autocast(device, cpu_bf16):
+    with channels_last_inference(model, device), cpu_autocast(device, cpu_bf16):
         for start in range(0, len(x_all), batch_size):
-            x = x_all[start : start + batch_size].to(device)
+            x = x_all[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
             prob = _dihedral_mean(model, x) if dihedral else torch.sigmoid(model(x).float())
             out.append(prob.squeeze(1).float().cpu().numpy())
     if not out:

@@ -26,10 +26,18 @@ def _gather_candidates(z: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """NT-Xent of two (N, D) batches of projections, where z1[i] and z2[i] are views of one image."""
+    """NT-Xent of two (N, D) batches of projections, where z1[i] and z2[i] are views of one image.
+
+    Computed in float32 even inside an autocast region (autocast is switched off here, so the similarity
+    matmul is not cast down): exp(sim / 0.1) of half-precision similarities loses the tail of negatives.
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        return _nt_xent(z1.float(), z2.float(), temperature)
+
+
+def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     n = z1.shape[0]
-    # float32 even under autocast: exp(sim / 0.1) of half-precision similarities loses the tail of negatives.
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D): rows 0..N-1 view 1, rows N..2N-1 view 2
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2N, D): rows 0..N-1 view 1, rows N..2N-1 view 2
     candidates, offset = _gather_candidates(z)
     logits = z @ candidates.T / temperature
     anchors = torch.arange(2 * n, device=z.device)

@@ -26,9 +26,10 @@ encoder + projector are wrapped in DistributedDataParallel. Every rank draws the
 its own slice of each micro-batch, so the global micro-batch is still `batch_size` (batch_size / W images per
 rank), and an image's views depend on its position in the global batch, not on W. The losses gather the
 negatives (NT-Xent) and sum the cross-correlation (Barlow Twins) over ranks, and DDP averages the gradients,
-so every rank steps along the gradient of the global batch's loss. BatchNorm stays per rank -- torch's
-SyncBatchNorm refuses CPU tensors ("expected input tensor to be on GPU"), so it could neither run nor be tested
-on gloo -- hence the single-process equivalent of W ranks is `bn_groups=W`: every BatchNorm (and the Barlow
+so every rank steps along the gradient of the global batch's loss. On CUDA every BatchNorm becomes a
+SyncBatchNorm and Barlow Twins standardises over all ranks (as the reference implementation does). On CPU
+(gloo) BatchNorm stays per rank -- torch's SyncBatchNorm refuses CPU tensors ("expected input tensor to be on
+GPU") -- hence there the single-process equivalent of W ranks is `bn_groups=W`: every BatchNorm (and the Barlow
 Twins standardisation) normalises each of W equal blocks of the batch on its own statistics; since DDP
 broadcasts rank 0's buffers, only the first block updates the running statistics. tests/ssl/test_pretrain_ddp.py
 compares two gloo ranks with that reference. Only rank 0 shows progress, calls `log_fn`, warns and writes
@@ -199,13 +200,14 @@ def _step_views(images: torch.Tensor, transform: Callable, seed: int, step: int,
     return torch.stack(view1), torch.stack(view2)
 
 
-def _loss_fn(method: str, temperature: float, lambd: float,
-             groups: int = 1) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The method's loss; `groups` = BatchNorm groups per rank, which Barlow Twins standardises separately."""
+def _loss_fn(method: str, temperature: float, lambd: float, groups: int = 1,
+             sync: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The method's loss; `groups` = BatchNorm groups per rank, which Barlow Twins standardises separately;
+    `sync`: Barlow Twins standardises over all ranks' rows (with synchronised BatchNorm, `sync_batchnorm`)."""
     if method == "simclr":
         return lambda z1, z2: nt_xent_loss(z1, z2, temperature)
     if method == "barlow_twins":
-        return lambda z1, z2: barlow_twins_loss(z1, z2, lambd, groups)
+        return lambda z1, z2: barlow_twins_loss(z1, z2, lambd, groups, sync)
     raise ValueError(f"unknown pretraining method '{method}' (choose from {', '.join(METHODS)})")
 
 
@@ -281,7 +283,7 @@ def _train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Opti
         with skip_sync:
             with autocast:
                 z1, z2 = model(v1, v2)
-                loss = loss_fn(z1, z2)
+            loss = loss_fn(z1, z2)  # outside autocast: the losses compute in float32 (they also disable it)
             scaler.scale(loss / k).backward()
         total += loss.detach().float()
     scaler.step(optimizer)
@@ -456,6 +458,20 @@ def _build_model(arch: str, projector_dims: tuple[int, ...], seed: int, device: 
     return _Model(encoder, projector, optim, scheduler, scaler)
 
 
+def syncs_batchnorm(device: torch.device, world: int) -> bool:
+    """Whether a run synchronises BatchNorm across ranks: DDP on CUDA, as the Barlow Twins reference does.
+    (torch's SyncBatchNorm refuses CPU tensors, so gloo runs keep per-rank BatchNorm; see the module docstring.)"""
+    return device.type == "cuda" and world > 1
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """`module` with every BatchNorm replaced in place by a SyncBatchNorm (same parameters and buffers, same state
+    dict keys) when `syncs_batchnorm`, else unchanged."""
+    if not syncs_batchnorm(device, world):
+        return module
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
 def _default_view_workers(device: torch.device) -> int:
     """No workers on CPU, where they would take cores from the model and views cost a few % of a step
     (benchmarks/pretrain_throughput.py); on CUDA the GPU step is short, so views are built ahead in workers."""
@@ -564,13 +580,13 @@ agree to float rounding): True for its default backend (inductor), or a backend'
     returned encoder is the same on every rank up to BatchNorm running statistics, which are rank 0's there.
     """
     ranks = _current_ranks()
-    loss_fn = _loss_fn(method, temperature, lambd, bn_groups)
+    dev = torch.device(device)
+    loss_fn = _loss_fn(method, temperature, lambd, bn_groups, sync=syncs_batchnorm(dev, ranks.world))
     data = _as_batch_tensor(images)
     batch = _effective_batch(len(data), batch_size)
     layout = _check_layout(len(data), batch, accumulate_steps, bn_groups, ranks)
     steps_per_epoch = len(data) // layout.step_images
     total_steps = epochs * steps_per_epoch
-    dev = torch.device(device)
     amp_dtype = _amp_dtype(dev, cpu_bf16)
     run_config = {
         "format": CHECKPOINT_FORMAT, "method": method, "arch": arch, "image_size": image_size, "batch": batch,
@@ -606,6 +622,9 @@ agree to float rounding): True for its default backend (inductor), or a backend'
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        # Encoder and projector BatchNorms become SyncBatchNorms on CUDA (children replaced in place, so
+        # model.encoder is still the module that is monitored, checkpointed and returned).
+        sync_batchnorm(twin, dev, ranks.world)
         # Wraps after loading the checkpoint; its construction broadcasts rank 0's parameters and buffers.
         ddp = DistributedDataParallel(twin, device_ids=[dev.index] if dev.type == "cuda" else None)
     if compile_model:

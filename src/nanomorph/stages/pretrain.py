@@ -1,7 +1,7 @@
 """Stage `pretrain`: self-supervised pretraining of one method (dvc runs it once per method via foreach).
 
-Images: the validated generic images of the manifest (plus, with `pretrain.task_images`, the validated nanowire
-images themselves, unlabelled: self-supervision reads no label), or with `--images DIR` every image file anywhere under
+Images (`pretrain.images`): the validated generic EM images of the manifest, the validated nanowire images of the
+task itself (unlabelled: self-supervision reads no label), or both; or with `--images DIR` every image file anywhere under
 DIR (png, jpg, jpeg, tif, tiff; 8/16-bit, gray or colour) -- a lab's own images -- where files that cannot be
 decoded are reported by name and skipped. Either way they are decoded once into the content-keyed cache
 (`pretrain.cache_dir`, nanomorph.data.cache) and memory-mapped on later runs.
@@ -128,8 +128,9 @@ def _image_files(cfg: Config, folder: Path | None) -> list[Path]:
         if not paths:
             raise NanomorphError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) anywhere under it")
         return paths
-    paths = [Path(x) for x in accepted(cfg.validate.manifest, "generic")["path"]]
-    if cfg.pretrain.task_images:
+    sources = cfg.pretrain.images.split("+")
+    paths = [Path(x) for x in accepted(cfg.validate.manifest, "generic")["path"]] if "generic" in sources else []
+    if "task" in sources:
         # The task's own images, unlabelled (no label or mask is read): what a lab would pretrain on too.
         paths += [Path(x) for x in accepted(cfg.validate.manifest, "nanowire")["path"]]
     return paths

@@ -18,7 +18,8 @@ from nanomorph.stages._common import stage_main, tracked
 def run_report(cfg: Config, _args: argparse.Namespace) -> None:
     with tracked(cfg, "report", ("report",)):
         paths = write_report(Path("metrics"), Path(cfg.report.dir), cfg.profile, cfg.report.probe_report_n,
-                             data_source=cfg.data.source)
+                             data_source=cfg.data.source,
+                             pretraining=(tuple(cfg.pretrain.methods), cfg.pretrain.images))
         for path in paths.values():
             mlflow.log_artifact(str(path), artifact_path="report")
     headline = json.loads(paths["metrics"].read_text())
