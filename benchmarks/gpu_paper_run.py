@@ -28,14 +28,14 @@ import platform
 import resource
 import tempfile
 import time
-import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from _tracking import benchmark_run
+from pretrain_probe_margin import pretrained_encoder
 from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack, load_mask_stack
 from nanomorph.data.layout import find_images, find_nanowire_dataset
@@ -45,7 +45,6 @@ from nanomorph.probe.features import extract_features
 from nanomorph.probe.solvers import SolverSettings
 from nanomorph.probe.sweep import probe_sweep
 from nanomorph.segment.sweep import segmentation_sweep
-from nanomorph.ssl.train import pretrain
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
@@ -77,26 +76,17 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def timed_pretraining(images: np.ndarray, cfg, method: str, epochs: int, device: torch.device, compile_model: bool):
-    p = cfg.pretrain
+    """(encoder, last epoch's metrics, seconds) of `pretrained_encoder` under the profile's settings with `epochs`
+    epochs and `compile_model`; `device` is the one it picks (CUDA when there is one)."""
+    cfg = replace(cfg, pretrain=replace(cfg.pretrain, epochs=epochs, compile=compile_model))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a collapse warning is recorded in the history's embedding_std
-        result = pretrain(
-            images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size, epochs=epochs,
-            optimizer=p.optimizer, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-            warmup_epochs=min(p.warmup_epochs, epochs - 1), temperature=p.temperature, lambd=p.lambd,
-            projector_dims=p.projector_dims, crop_side=p.crop_side, flip_p=p.flip_p, jitter_p=p.jitter_p,
-            brightness=p.brightness, contrast=p.contrast, seed=p.seed, dihedral=p.dihedral, blur_p=p.blur_p,
-            blur_sigma=p.blur_sigma, noise_std=p.noise_std, checkpoint_path=None, checkpoint_every=0,
-            accumulate_steps=p.accumulate_steps, compile_model=compile_model, cpu_bf16=p.cpu_bf16,
-            progress=False, device=device,
-        )
+    encoder, last = pretrained_encoder(images, cfg, method, cfg.pretrain.seed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return result, time.perf_counter() - started
+    return encoder, last, time.perf_counter() - started
 
 
 def generate_data(work: Path, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -105,9 +95,8 @@ def generate_data(work: Path, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     write_nanowire_dataset(work / "nanowires", d.classes, d.images_per_class, d.image_size, d.seed, progress=False)
     samples = find_nanowire_dataset(work / "nanowires", d.classes)
     generic = load_image_stack(find_images(work / "generic"), cfg.pretrain.source_size)
-    task = load_image_stack([s.image for s in samples], cfg.pretrain.source_size)
-    images = np.concatenate([generic if "generic" in cfg.pretrain.images else task[:0],
-                             task if "task" in cfg.pretrain.images else task[:0]])
+    stacks = {"generic": generic, "task": load_image_stack([s.image for s in samples], cfg.pretrain.source_size)}
+    images = np.concatenate([stacks[source] for source in cfg.pretrain.images.split("+")])  # as the stage reads it
     labels = np.array([s.label for s in samples])
     return images, labels, np.array([str(s.image) for s in samples]), np.array([str(s.mask) for s in samples])
 
@@ -156,9 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     flops = step_flops(p.arch, p.projector_dims, p.batch_size, p.image_size, device)
     encoders = {}
     for method in args.methods:
-        _, epoch_seconds = timed_pretraining(images, cfg, method, 1, device, args.compile)
+        *_, epoch_seconds = timed_pretraining(images, cfg, method, 1, device, args.compile)
         epochs = max(1, math.floor(args.pretrain_minutes * 60 / epoch_seconds))
-        result, seconds = timed_pretraining(images, cfg, method, epochs, device, args.compile)
+        encoder, last, seconds = timed_pretraining(images, cfg, method, epochs, device, args.compile)
         steps = epochs * (len(images) // (p.batch_size * p.accumulate_steps))
         achieved = flops * steps / seconds
         out["pretrain"][method] = {
@@ -166,9 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
             "images_per_s": epochs * len(images) / seconds, "step_tflop": flops / 1e12,
             "achieved_tflops": achieved / 1e12, "mfu": achieved / (peak * 1e12) if peak else None,
             "peak_memory_gib": peak_memory_gib(device),
-            "last_epoch": {k: float(v) for k, v in result.history[-1].items()},
+            "last_epoch": last,
         }
-        encoders[method] = result.encoder
+        encoders[method] = encoder
         save()
     encoders["random"] = random_encoder(p.arch, p.seed)
 
