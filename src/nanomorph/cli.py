@@ -1,4 +1,5 @@
-"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs), `predict` and `serve`."""
+"""`nanomorph <command>`: the pipeline stages as commands (the same functions dvc runs), `predict`, `serve`,
+`promote` (move a model's champion alias) and `registry-server` (the lab's shared MLflow registry)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ COMMANDS = {
     "report": "nanomorph.stages.report",
     "predict": "nanomorph.predict",
     "serve": "nanomorph.serving.serve",
+    "promote": "nanomorph.tracking.promote",
+    "registry-server": "nanomorph.tracking.server",
 }
 
 USAGE = f"""usage: nanomorph <command> [options] | nanomorph --version

@@ -199,6 +199,7 @@ class ProbeConfig:
     feature_dihedral: bool       # average features over the 8 rotations/flips of each image
     figure_n: Count
     advisor_budgets: tuple[Count, ...]
+    advisor_kmeans_restarts: Count   # k-means++ initialisations per advisor proposal (scikit-learn's n_init)
     labels_per_class: tuple[Count, ...]
     split_seeds: Count
     anchor_probes: Count

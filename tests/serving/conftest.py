@@ -94,7 +94,8 @@ def tiny_registry(tmp_path_factory) -> Iterator[TinyRegistry]:
             segmenter = log_segmenter(unet, arch="resnet18", image_size=SIZE, encoder_name="random", object_min_size=2)
         for name, info in ((CLASSIFIER, classifier), (SEGMENTER, segmenter)):
             version = register_version(info.model_uri, name, {"test": "tiny"})
-            apply_decision(client, name, version.version, Decision(CHAMPION, True, "only version"))
+            apply_decision(client, name, version.version, Decision(CHAMPION, True, "only version"),
+                           allow_promotion=True)
     finally:
         mlflow.set_tracking_uri(previous_uri)
     yield TinyRegistry(root, tracking_uri, encoder, probe, unet, images, files, file_images)

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
-from nanomorph.data.synthetic import CLASSES, write_nanowire_dataset
-from nanomorph.data.validation import sha256_of
+from nanomorph.cli import main as cli_main
+from nanomorph.data.synthetic import CLASSES
 from nanomorph.errors import NanomorphError
-from nanomorph.models.encoder import random_encoder, save_encoder
 from nanomorph.stages.register import choose_encoder, main
-
-ROOT = Path(__file__).resolve().parents[2]
+from nanomorph.tracking.registry import CONTENT_TAG, PROMOTE_ENV
 
 
 def _features(informative: bool, seed: int, per_class: int = 6, dim: int = 8) -> np.ndarray:
@@ -43,42 +39,22 @@ def test_encoder_choice_is_cross_validated_on_the_training_part():
         choose_encoder({}, labels, folds=3, C=1.0, tol=1e-6, max_iter=500, seed=0)
 
 
-def _project(tmp_path: Path, beat_classical: bool = False) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"] = "micro"
-    params["registry"]["cv_folds"] = 3  # 3 training images per class here
-    params["registry"]["beat_classical"] = beat_classical
-    # two pretrained candidates (as the paper profile has), so the encoder choice is exercised
-    params["probe"]["encoders"] = ["simclr", "barlow_twins", "random", "classical"]
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_nanowire_dataset(project / "data/raw/nanowires", CLASSES, images_per_class=4, size=32, seed=0, progress=False)
-    rows = []
-    for image in sorted((project / "data/raw/nanowires").glob("*/images/*.tif")):
-        label = image.parent.parent.name
-        rows.append({"kind": "nanowire", "path": str(image.relative_to(project)), "label": label,
-                     "mask_path": str((image.parent.parent / "labels" / f"{image.stem}.png").relative_to(project)),
-                     "sha256": sha256_of(image), "status": "ok"})
-    (project / "data/validated").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(project / "data/validated/manifest.csv", index=False)
-    for seed, name in enumerate(("simclr", "barlow_twins"), start=1):
-        save_encoder(project / f"models/encoders/{name}.pt", random_encoder("resnet18", seed), {"method": name})
-    (project / "metrics").mkdir()
-    (project / "metrics/segment.json").write_text(json.dumps({"median": {
-        "simclr": {"n1": {"dice": 0.3, "iou": 0.2}, "n4": {"dice": 0.5, "iou": 0.4}},
-        "barlow_twins": {"n1": {"dice": 0.2, "iou": 0.1}, "n4": {"dice": 0.6, "iou": 0.5}}}}))
-    return project
-
-
-def test_register_twice_promotes_by_the_rule(tmp_path, monkeypatch):
-    project = _project(tmp_path)
+def test_register_recommends_promotion_moves_champion_and_unchanged_models_are_not_registered_again(
+        tmp_path, monkeypatch, capsys, make_register_project):
+    project = make_register_project(tmp_path)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(project)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
+    def aliases(name: str) -> dict[str, str]:
+        return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+    # CI on main: the flag lets the stage apply its recommendation.
+    monkeypatch.setenv(PROMOTE_ENV, "1")
     assert main([]) == 0
     first = json.loads((project / "metrics/register.json").read_text())
+    assert first["store"] == {"uri": uri, "kind": "local store of this checkout"}
     choice = first["encoder_choice"]
     assert set(choice["cv_accuracy"]) == {"simclr", "barlow_twins"}  # never the random baseline
     assert choice["encoder"] == max(sorted(choice["cv_accuracy"]), key=choice["cv_accuracy"].get)
@@ -87,39 +63,70 @@ def test_register_twice_promotes_by_the_rule(tmp_path, monkeypatch):
                                                      "median_dice": expected_dice}
     for kind in ("classifier", "segmenter"):
         entry = first[kind]
-        assert (entry["version"], entry["alias"], entry["previous_champion"]) == ("1", "champion", None)
+        assert (entry["version"], entry["recommendation"], entry["registered"], entry["previous_champion"]) == (
+            "1", "champion", True, None)
         assert entry["train_images"] == 12 and entry["eval_images"] == 4  # the fixed 20 % split, 1 image per class
         assert 0.0 <= entry["score"] <= 1.0
+        assert aliases(entry["name"]) == {"champion": "1"}
+        tags = client.get_model_version(entry["name"], "1").tags
+        assert tags["nanomorph.promoted_via"] == f"register stage ({PROMOTE_ENV}=1)"
+        assert tags["nanomorph.replaced_champion"] == "none" and tags["nanomorph.promoted_by"]
+        assert tags[CONTENT_TAG] == entry["content_sha256"]
 
+    # An ordinary run (or an experiment) with other params: a new version, judged, but champion stays.
+    monkeypatch.delenv(PROMOTE_ENV)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["probe"]["C"] = 0.01
+    params["segment"]["lr"] = 3e-3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert main([]) == 0
     second = json.loads((project / "metrics/register.json").read_text())
     assert second["eval_split"] == first["eval_split"]
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
     for kind in ("classifier", "segmenter"):
         entry = second[kind]
         previous = entry["previous_champion"]
-        assert entry["version"] == "2" and previous["version"] == "1"
+        assert entry["version"] == "2" and entry["registered"] and previous["version"] == "1"
         assert previous["score"] == pytest.approx(first[kind]["score"])  # the champion, re-scored, scores the same
         beats = entry["score"] > previous["score"] + entry["margin"]
-        assert entry["alias"] == ("champion" if beats else "challenger")
-        name = entry["name"]
-        aliases = {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
-        assert aliases == second["registry"][name]
-        assert aliases["champion"] == ("2" if beats else "1")
-        tags = [client.get_model_version(name, v).tags for v in ("1", "2")]
+        assert entry["recommendation"] == ("champion" if beats else "challenger")
+        assert aliases(entry["name"]) == {"champion": "1", "challenger": "2"}
+        tags = [client.get_model_version(entry["name"], v).tags for v in ("1", "2")]
         for key in ("git_commit", "dvc_data_hash", "params_hash", f"eval.{entry['metric']}", "nanomorph.decision"):
             assert key in tags[0] and key in tags[1]
+        assert tags[1]["nanomorph.decision"] == entry["recommendation"]
+        assert "nanomorph.promoted_by" not in tags[1]
         assert tags[0]["params_hash"] != tags[1]["params_hash"]
         assert float(tags[1][f"eval.{entry['metric']}"]) == pytest.approx(entry["score"], abs=1e-6)
+
+    # The same params again: same content, nothing logged or registered again.
+    assert main([]) == 0
+    third = json.loads((project / "metrics/register.json").read_text())
+    for kind in ("classifier", "segmenter"):
+        entry = third[kind]
+        assert (entry["version"], entry["registered"]) == ("2", False)
+        assert entry["content_sha256"] == second[kind]["content_sha256"]
+        assert entry["score"] == pytest.approx(second[kind]["score"])
+        assert len(client.search_model_versions(f"name = '{entry['name']}'")) == 2
+    assert "unchanged, not registered again" in capsys.readouterr().out
+
+    # Promotion is a decision: by hand, with a reason, recorded on the version.
+    name = second["classifier"]["name"]
+    capsys.readouterr()
+    if second["classifier"]["recommendation"] == "challenger":
+        assert cli_main(["promote", "classifier", "--reason", "try"]) == 2
+        assert "was recommended" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    assert cli_main(["promote", "classifier", "--version", "2", "--reason", "wider C search"]) == 0
+    assert aliases(name) == {"champion": "2", "challenger": "2"}
+    tags = client.get_model_version(name, "2").tags
+    assert (tags["nanomorph.promoted_by"], tags["nanomorph.promotion_reason"], tags["nanomorph.replaced_champion"],
+            tags["nanomorph.promoted_via"]) == ("alice", "wider C search", "1", "nanomorph promote")
     shutil.rmtree(project / "mlartifacts", ignore_errors=True)
 
 
-def test_a_version_that_does_not_beat_the_classical_baseline_is_never_champion(tmp_path, monkeypatch):
-    project = _project(tmp_path, beat_classical=True)
+def test_a_version_that_does_not_beat_the_classical_baseline_is_never_champion(tmp_path, monkeypatch,
+                                                                               make_register_project):
+    project = make_register_project(tmp_path, beat_classical=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     monkeypatch.chdir(project)
     assert main([]) == 0
@@ -132,7 +139,9 @@ def test_a_version_that_does_not_beat_the_classical_baseline_is_never_champion(t
         assert 0.0 <= baseline["score"] <= 1.0
         # No champion yet: the classical baseline alone decides.
         beats = entry["score"] > baseline["score"]
-        assert entry["alias"] == ("champion" if beats else "challenger")
+        assert entry["recommendation"] == ("champion" if beats else "challenger")
+        assert entry["registered"]
+        assert mlflow.MlflowClient().get_registered_model(entry["name"]).aliases == {"challenger": 1}
         if not beats:
             assert "does not beat the classical baseline" in entry["reason"]
     shutil.rmtree(project / "mlartifacts", ignore_errors=True)

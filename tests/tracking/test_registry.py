@@ -3,8 +3,8 @@ import pytest
 
 from nanomorph.errors import NanomorphError
 from nanomorph.tracking.registry import (
-    CHALLENGER, CHAMPION, ModelRef, apply_decision, parse_model_ref, promotion_decision, register_version,
-    registry_state, resolve, version_by_alias,
+    CHALLENGER, CHAMPION, CONTENT_TAG, ModelRef, apply_decision, parse_model_ref, promotion_decision,
+    register_version, registry_state, resolve, store_identity, version_by_alias, version_with_content,
 )
 
 
@@ -44,12 +44,22 @@ def test_aliases_move_between_versions(tmp_path):
     (tmp_path / "v").mkdir()
     v1 = register_version((tmp_path / "v").as_uri(), "m", {"git_commit": "abc", "eval.accuracy": 0.5})
     assert version_by_alias(client, "m", CHAMPION) is None  # model exists, alias does not
-    apply_decision(client, "m", v1.version, promotion_decision("accuracy", 0.5, None, None, 0.01))
+    # Without permission to promote, even a "champion" decision only makes a challenger, and the champion hint
+    # names `nanomorph promote`.
+    assert apply_decision(client, "m", v1.version, promotion_decision("accuracy", 0.5, None, None, 0.01),
+                          allow_promotion=False) == CHALLENGER
+    assert registry_state(client, "m")["aliases"] == {CHALLENGER: "1"}
+    with pytest.raises(NanomorphError, match="nanomorph promote m"):
+        resolve(client, ModelRef("m", alias=CHAMPION), uri)
+    assert apply_decision(client, "m", v1.version, promotion_decision("accuracy", 0.5, None, None, 0.01),
+                          allow_promotion=True) == CHAMPION
     v2 = register_version((tmp_path / "v").as_uri(), "m", {"git_commit": "def"})
-    apply_decision(client, "m", v2.version, promotion_decision("accuracy", 0.505, v1.version, 0.5, 0.01))
+    apply_decision(client, "m", v2.version, promotion_decision("accuracy", 0.505, v1.version, 0.5, 0.01),
+                   allow_promotion=True)
     assert registry_state(client, "m")["aliases"] == {CHALLENGER: "2", CHAMPION: "1"}
     v3 = register_version((tmp_path / "v").as_uri(), "m", {})
-    apply_decision(client, "m", v3.version, promotion_decision("accuracy", 0.6, v1.version, 0.5, 0.01))
+    apply_decision(client, "m", v3.version, promotion_decision("accuracy", 0.6, v1.version, 0.5, 0.01),
+                   allow_promotion=True)
 
     state = registry_state(client, "m")
     assert state["aliases"] == {CHALLENGER: "2", CHAMPION: "3"}  # champion moved, v1 keeps no alias
@@ -57,8 +67,29 @@ def test_aliases_move_between_versions(tmp_path):
     assert state["versions"][0]["tags"]["git_commit"] == "abc"
     assert state["versions"][0]["tags"]["eval.accuracy"] == "0.5"
     assert state["versions"][2]["tags"]["nanomorph.decision"] == CHAMPION
+    assert state["versions"][2]["tags"]["nanomorph.replaced_champion"] == "1"
     assert str(resolve(client, ModelRef("m", alias=CHAMPION), uri).version) == "3"
     assert str(resolve(client, ModelRef("m", version="2"), uri).version) == "2"
     with pytest.raises(NanomorphError, match="model 'm/9' not found"):
         resolve(client, ModelRef("m", version="9"), uri)
     assert registry_state(client, "absent") == {"aliases": {}, "versions": []}
+
+
+def test_store_identity_names_the_store_without_credentials():
+    assert store_identity("http://writer:secret@10.0.0.5:5000/") == {"uri": "http://10.0.0.5:5000/",
+                                                                     "kind": "shared server"}
+    assert store_identity("sqlite:///mlflow.db") == {"uri": "sqlite:///mlflow.db",
+                                                     "kind": "local store of this checkout"}
+
+
+def test_version_with_content_finds_the_newest_same_content(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    assert version_with_content(client, "m", "abc") is None  # no such model
+    (tmp_path / "v").mkdir()
+    for content in ("abc", "def", "abc"):
+        register_version((tmp_path / "v").as_uri(), "m", {CONTENT_TAG: content})
+    assert version_with_content(client, "m", "abc").version in (3, "3")
+    assert version_with_content(client, "m", "def").version in (2, "2")
+    assert version_with_content(client, "m", "xyz") is None

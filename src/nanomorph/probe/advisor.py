@@ -58,7 +58,8 @@ def random_labels(n_pool: int, k: int, seed: int) -> np.ndarray:
 
 def evaluate_advisor(feature_sets: Mapping[tuple[str, int], np.ndarray], labels: np.ndarray,
                      budgets: Sequence[int], split_seeds: Sequence[int], test_fraction: float | SplitRule,
-                     settings: SolverSettings, random_draws: int = 10, progress: bool = False) -> pd.DataFrame:
+                     settings: SolverSettings, random_draws: int = 10, progress: bool = False,
+                     kmeans_restarts: int = 10) -> pd.DataFrame:
     """One row per (feature set, k, split seed, choice): choice `advisor` or `random` (draw index in
     `draw`), accuracy on the split's test part, and how many classes the k labels covered."""
     labels = np.asarray(labels).astype(str)
@@ -69,7 +70,7 @@ def evaluate_advisor(feature_sets: Mapping[tuple[str, int], np.ndarray], labels:
         for seed in split_seeds:
             pool, test_idx = as_rule(test_fraction).train_test(labels, seed)
             for k in budgets:
-                picks = [("advisor", -1, pool[propose_labels(features[pool], k, seed)])]
+                picks = [("advisor", -1, pool[propose_labels(features[pool], k, seed, kmeans_restarts)])]
                 picks += [("random", d, pool[random_labels(len(pool), k, seed * 1000 + d)])
                           for d in range(random_draws)]
                 for choice, draw, fit_idx in picks:

@@ -7,7 +7,9 @@ loads in any environment that has the pinned libraries, with or without nanomorp
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -60,6 +62,49 @@ def _signature_frames(image: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     return described, example
 
 
+def content_sha256(parts: dict[str, bytes]) -> str:
+    """sha256 of what defines a model's behaviour: its named parts (weights, probe, config) plus every file of
+    the nanomorph code shipped with it and the pinned runtime libraries. Unlike the logged files' digests it
+    leaves out what differs from one log of the same model to the next (MLmodel's run id, time and uuid, zip
+    timestamps inside the skops file), so an unchanged model is recognised (`registry.version_with_content`)."""
+    from nanomorph.tracking.integrity import file_digests
+
+    package = Path(nanomorph.__file__).resolve().parent
+    code = {rel: digest for rel, digest in file_digests(package).items()
+            if "__pycache__" not in rel and not rel.endswith(".pyc")}
+    digest = hashlib.sha256()
+    for key in sorted(parts):
+        digest.update(f"{key}:{len(parts[key])}:".encode())
+        digest.update(parts[key])
+    digest.update(json.dumps({"code": code, "requirements": pip_requirements()}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def classifier_config(probe: Pipeline, *, image_size: int, encoder_name: str, stages: tuple[str, ...],
+                      dihedral: bool) -> dict:
+    return {"classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
+            "stages": list(stages), "dihedral": bool(dihedral)}
+
+
+def classifier_content(encoder_path: str | Path, probe: Pipeline, config: dict) -> str:
+    """`content_sha256` of the classifier `log_classifier` would log from these."""
+    return content_sha256({"encoder": Path(encoder_path).read_bytes(), "probe": pickle.dumps(probe, protocol=5),
+                           "config": json.dumps(config, sort_keys=True).encode()})
+
+
+def segmenter_config(*, arch: str, image_size: int, encoder_name: str, object_min_size: int,
+                     dihedral: bool) -> dict:
+    return {"arch": arch, "image_size": int(image_size), "encoder": encoder_name,
+            "percolation_eps": PERCOLATION_EPS, "percolation_min_samples": PERCOLATION_MIN_SAMPLES,
+            "object_min_size": int(object_min_size), "dihedral": bool(dihedral)}
+
+
+def segmenter_content(unet: nn.Module, config: dict) -> str:
+    """`content_sha256` of the segmenter `log_segmenter` would log from these."""
+    parts = {f"unet.{k}": v.detach().cpu().contiguous().numpy().tobytes() for k, v in unet.state_dict().items()}
+    return content_sha256({**parts, "config": json.dumps(config, sort_keys=True).encode()})
+
+
 def _package_copy(workdir: Path) -> Path:
     """A clean copy of the nanomorph package (no caches) to ship with the model."""
     target = workdir / "code" / "nanomorph"
@@ -97,10 +142,8 @@ def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int
         probe_path = workdir / "probe.skops"
         skops.io.dump(probe, probe_path)
         config_path = workdir / "config.json"
-        config_path.write_text(json.dumps({
-            "classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
-            "stages": list(stages), "dihedral": bool(dihedral),
-        }, indent=2))
+        config_path.write_text(json.dumps(classifier_config(probe, image_size=image_size, encoder_name=encoder_name,
+                                                            stages=stages, dihedral=dihedral), indent=2))
         encoder_copy = workdir / "encoder.pt"
         shutil.copy2(encoder_path, encoder_copy)
         artifacts = {"encoder": str(encoder_copy), "probe": str(probe_path), "config": str(config_path)}
@@ -121,11 +164,9 @@ def log_segmenter(unet: nn.Module, *, arch: str, image_size: int, encoder_name: 
         weights = workdir / "unet.pt"
         torch.save({k: v.detach().cpu() for k, v in unet.state_dict().items()}, weights)
         config_path = workdir / "config.json"
-        config_path.write_text(json.dumps({
-            "arch": arch, "image_size": int(image_size), "encoder": encoder_name,
-            "percolation_eps": PERCOLATION_EPS, "percolation_min_samples": PERCOLATION_MIN_SAMPLES,
-            "object_min_size": int(object_min_size), "dihedral": bool(dihedral),
-        }, indent=2))
+        config_path.write_text(json.dumps(segmenter_config(arch=arch, image_size=image_size, encoder_name=encoder_name,
+                                                           object_min_size=object_min_size, dihedral=dihedral),
+                                          indent=2))
         artifacts = {"unet": str(weights), "config": str(config_path)}
         return _log(name, SERVING_DIR / "segmenter_code.py", artifacts, NanowireSegmenter(),
                     {"return_mask": True, "tiled": False}, workdir)

@@ -198,7 +198,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         advisor_runs = evaluate_advisor(
             feature_sets, labels, pr.advisor_budgets,
             list(range(ADVISOR_SEED_OFFSET, ADVISOR_SEED_OFFSET + pr.advisor_seeds)), rule, settings,
-            random_draws=pr.advisor_random_draws, progress=on_terminal())
+            random_draws=pr.advisor_random_draws, progress=on_terminal(), kmeans_restarts=pr.advisor_kmeans_restarts)
         advisor = summarise_advisor(advisor_runs)
         advisor.to_csv("metrics/probe_advisor.csv", index=False)
 

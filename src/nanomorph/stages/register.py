@@ -13,12 +13,13 @@ them and decide which version is the champion.
 * Classical baselines, on the same split: the linear probe on the classical features (nanomorph.probe.classical)
   fitted on the training part, and every classical segmenter (`segment.classical`) fitted on the training
   masks; both scored on the evaluation images like the learned models (segmenters at the images' own size).
-* Promotion: each new version is scored through its logged pyfunc model on the evaluation set (accuracy;
-  mean per-image dice at the images' own resolution), and so is the current champion, anew; the new version
-  gets alias `champion` only if it beats the best classical baseline (`registry.beat_classical`) AND the
-  champion by more than `registry.margin`, else `challenger`. The baselines' scores are in register.json either
-  way.
-Writes metrics/register.json (versions, aliases, scores, decision and why).
+* Recommendation: each new version is scored through its logged pyfunc model on the evaluation set (accuracy;
+  mean per-image dice at the images' own resolution), and so is the current champion, anew; the new version is
+  recommended for `champion` only if it beats the best classical baseline (`registry.beat_classical`) AND the
+  champion by more than `registry.margin`. It gets alias `challenger`; `champion` moves only by
+  `nanomorph promote` or with NANOMORPH_PROMOTE=1 (CI on main), so `dvc exp run` never changes what users load.
+  A model whose content (weights, config, code) is already a version is not logged or registered again.
+Writes metrics/register.json (versions, scores, recommendation and why, the store they refer to).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -49,13 +50,15 @@ from nanomorph.probe.linear import fit_linear_probe
 from nanomorph.probe.splits import GivenSplit, split_rule, stratified_split
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
-from nanomorph.serving.package import log_classifier, log_segmenter
+from nanomorph.serving.package import (
+    classifier_config, classifier_content, log_classifier, log_segmenter, segmenter_config, segmenter_content,
+)
 from nanomorph.serving.train import train_unet
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import (
-    CHALLENGER, CHAMPION, Decision, apply_decision, promotion_decision, register_version, registry_state,
-    version_by_alias,
+    CHALLENGER, CHAMPION, CONTENT_TAG, Decision, apply_decision, promotion_decision, promotion_enabled,
+    register_version, registry_state, store_identity, version_by_alias, version_with_content,
 )
 from nanomorph.tracking.runs import dvc_data_hash, git_commit
 
@@ -157,18 +160,29 @@ def _version_tags(cfg: Config, metric: str, score: float, extra: dict[str, Any])
             "nanomorph.profile": cfg.profile, f"eval.{metric}": f"{score:.6f}", **extra}
 
 
-def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: str, model_uri: str,
-             score_fn, tags: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score the new model and the current champion, register the new version and give it its alias.
+def _register(cfg: Config, client: MlflowClient, kind: str, name: str, metric: str, content: str,
+              log_model: Callable[[], Any], score_fn, tags: dict[str, Any],
+              baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score the new model and the current champion, register the new version (unless a version with the same
+    content exists: then that one is re-scored and nothing is logged or registered) and record the decision.
 
-    With a classical `baseline` ({method, score} on the same evaluation set), a version that does not beat it
-    is a challenger whatever the champion scores."""
-    new_score = score_fn(mlflow.pyfunc.load_model(model_uri))  # logged by this process moments ago
+    The decision is a recommendation: `champion` moves only with NANOMORPH_PROMOTE=1 (CI on main) or a later
+    `nanomorph promote`. With a classical `baseline` ({method, score} on the same evaluation set), a version
+    that does not beat it is never recommended."""
     champion = version_by_alias(client, name, CHAMPION)
     # The champion's code runs only after its files match the sha256 recorded when it was registered.
     champion_score = score_fn(load_verified(client, name, str(champion.version))) if champion is not None else None
-    decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
-                                  cfg.registry.margin)
+    existing = version_with_content(client, name, content)
+    if existing is not None:
+        new_score = score_fn(load_verified(client, name, str(existing.version)))
+    else:
+        model_uri = log_model().model_uri
+        new_score = score_fn(mlflow.pyfunc.load_model(model_uri))  # logged by this process moments ago
+    if existing is not None and champion is not None and existing.version == champion.version:
+        decision = Decision(CHAMPION, False, f"unchanged: the same content is already champion v{champion.version}")
+    else:
+        decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
+                                      cfg.registry.margin)
     if baseline and new_score <= baseline["score"]:
         decision = Decision(CHALLENGER, False, f"does not beat the classical baseline {baseline['method']}: "
                                                f"{metric} {new_score:.4f} vs {baseline['score']:.4f}")
@@ -178,18 +192,27 @@ def _promote(cfg: Config, client: MlflowClient, kind: str, name: str, metric: st
             f"; caution: champion v{champion.version} was built with another evaluation split "
             f"({champion.tags.get('nanomorph.eval_split', 'unrecorded')}), so it may have trained on some of "
             "these evaluation images"))
-    version = register_version(model_uri, name, _version_tags(cfg, metric, new_score, tags),
-                               description=f"nanomorph {kind}: {decision.reason}")
-    apply_decision(client, name, version.version, decision)
+    if existing is None:
+        version = register_version(model_uri, name,
+                                   {**_version_tags(cfg, metric, new_score, tags), CONTENT_TAG: content},
+                                   description=f"nanomorph {kind}: {decision.reason}")
+        alias = apply_decision(client, name, str(version.version), decision, allow_promotion=promotion_enabled())
+    else:
+        version = existing
+        already = champion is not None and existing.version == champion.version
+        alias = CHAMPION if already else apply_decision(client, name, str(existing.version), decision,
+                                                         allow_promotion=promotion_enabled())
     mlflow.log_metrics({f"{kind}.eval_{metric}": new_score,
                         **({f"{kind}.champion_eval_{metric}": champion_score} if champion_score is not None else {})})
+    mlflow.set_tags({f"{kind}.version": str(version.version), f"{kind}.alias": alias})
     return {
-        "name": name, "version": str(version.version), "alias": decision.alias, "promoted": decision.promoted,
-        "reason": decision.reason, "metric": metric, "score": new_score, "margin": cfg.registry.margin,
+        "name": name, "version": str(version.version), "registered": existing is None,
+        "recommendation": decision.alias, "reason": decision.reason, "metric": metric, "score": new_score,
+        "margin": cfg.registry.margin, "content_sha256": content,
         "previous_champion": None if champion is None else {
             "version": str(champion.version), "score": champion_score,
             "eval_split": champion.tags.get("nanomorph.eval_split")},
-        "uri": f"models:/{name}@{decision.alias}",
+        "uri": f"models:/{name}/{version.version}",
         "classical_baseline": baseline,
     }
 
@@ -237,14 +260,16 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         # The deployed probe: fitted on the chosen encoder's features of every training image.
         probe = fit_linear_probe(features[encoder_name], train_labels, C=pr.C, max_iter=pr.max_iter, seed=rg.seed,
                                  tol=pr.tol)
-        classifier_info = log_classifier(encoder_path, probe, image_size=pr.feature_size, encoder_name=encoder_name,
-                                         stages=pr.feature_stages, dihedral=pr.feature_dihedral)
+        classifier_settings = {"image_size": pr.feature_size, "encoder_name": encoder_name,
+                               "stages": pr.feature_stages, "dihedral": pr.feature_dihedral}
+        classifier_sha256 = classifier_content(encoder_path, probe, classifier_config(probe, **classifier_settings))
         eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
         classical_classifier = classical_classifier_score(
             images, train_labels, eval_paths, eval_labels, size=pr.feature_size,
             min_size=sg.object_min_size, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, seed=rg.seed)
-        classifier = _promote(
-            cfg, client, "classifier", rg.classifier, "accuracy", classifier_info.model_uri,
+        classifier = _register(
+            cfg, client, "classifier", rg.classifier, "accuracy", classifier_sha256,
+            lambda: log_classifier(encoder_path, probe, **classifier_settings),
             lambda model: score_classifier(model, eval_paths, eval_labels),
             {**common_tags, "train.images": len(train_rows), "probe.C": pr.C},
             baseline=classical_classifier if rg.beat_classical else None,
@@ -258,13 +283,15 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
                           batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, seed=rg.seed, device=device,
                           progress=on_terminal(), steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
                           loss=sg.loss, cpu_bf16=sg.cpu_bf16)
-        segmenter_info = log_segmenter(unet, arch=pt.arch, image_size=sg.image_size, encoder_name=encoder_name,
-                                       object_min_size=sg.object_min_size, dihedral=sg.dihedral)
+        segmenter_settings = {"arch": pt.arch, "image_size": sg.image_size, "encoder_name": encoder_name,
+                              "object_min_size": sg.object_min_size, "dihedral": sg.dihedral}
+        segmenter_sha256 = segmenter_content(unet, segmenter_config(**segmenter_settings))
         seg_eval_paths, seg_eval_masks = seg_eval["path"].tolist(), seg_eval["mask_path"].tolist()
         classical_segmenter = classical_segmenter_scores(sg.classical, seg_images, seg_masks, seg_eval_paths,
                                                          seg_eval_masks, sg.object_min_size)
-        segmenter = _promote(
-            cfg, client, "segmenter", rg.segmenter, "dice", segmenter_info.model_uri,
+        segmenter = _register(
+            cfg, client, "segmenter", rg.segmenter, "dice", segmenter_sha256,
+            lambda: log_segmenter(unet, **segmenter_settings),
             lambda model: score_segmenter(model, seg_eval_paths, seg_eval_masks),
             {**common_tags, "train.images": len(seg_train), "train.epochs": epochs, "segment.lr": sg.lr},
             baseline=(classical_segmenter or None) if rg.beat_classical else None,
@@ -278,13 +305,20 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
             "eval_split": {"fraction": rg.eval_fraction, "seed": rg.eval_seed, "hash": eval_hash},
             "classifier": classifier,
             "segmenter": segmenter,
-            "registry": {name: registry_state(client, name)["aliases"] for name in (rg.classifier, rg.segmenter)},
+            # Which store the versions above live in (never its credentials): they mean nothing elsewhere.
+            "store": store_identity(mlflow.get_tracking_uri()),
         }
         write_json("metrics/register.json", report)
         mlflow.log_artifact("metrics/register.json")
+        aliases = {name: registry_state(client, name)["aliases"] for name in (rg.classifier, rg.segmenter)}
     for kind in ("classifier", "segmenter"):
         entry = report[kind]
-        print(f"{entry['name']} v{entry['version']} -> {entry['alias']}: {entry['reason']}")
+        state = ", ".join(f"{a} = v{v}" for a, v in aliases[entry["name"]].items()) or "no aliases"
+        how = "registered" if entry["registered"] else "unchanged, not registered again"
+        print(f"{entry['name']} v{entry['version']} ({how}) recommended {entry['recommendation']}: "
+              f"{entry['reason']}; now {state}")
+    if not promotion_enabled() and any(report[k]["recommendation"] == CHAMPION for k in ("classifier", "segmenter")):
+        print("champion moves only by `nanomorph promote MODEL --reason ...` (or NANOMORPH_PROMOTE=1)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,10 +30,17 @@ class ModelIntegrityError(NanomorphError):
     """A registered model's files are not the ones that were registered."""
 
 
+# Written by MLflow itself into a folder a `models:/` URI was downloaded to (and, for a local store, into the
+# store's copy): the model's name and version, no code and no weights. Left out on both sides of the check.
+MLFLOW_WRITTEN = frozenset({"registered_model_meta"})
+
+
 def file_digests(root: Path) -> dict[str, str]:
-    """{path relative to `root` (posix): sha256 hex} of every file under `root`, sorted by path."""
+    """{path relative to `root` (posix): sha256 hex} of every file under `root` (but MLFLOW_WRITTEN), sorted."""
     digests = {}
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        if path.relative_to(root).as_posix() in MLFLOW_WRITTEN:
+            continue
         with open(path, "rb") as handle:
             digests[path.relative_to(root).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
     return digests
@@ -42,6 +49,7 @@ def file_digests(root: Path) -> dict[str, str]:
 def check_digests(root: Path, expected: dict[str, str], label: str) -> None:
     """Raise ModelIntegrityError naming the first file under `root` that differs from `expected`."""
     found = file_digests(root)
+    expected = {rel: digest for rel, digest in expected.items() if rel not in MLFLOW_WRITTEN}
     for rel in sorted(expected.keys() | found.keys()):
         if rel not in found:
             raise ModelIntegrityError(f"{label}: {rel} was registered but is missing from the artifact store")
@@ -59,9 +67,11 @@ def _download(client: MlflowClient, name: str, version: str) -> Path:
     target = Path(tempfile.mkdtemp(prefix=f"nanomorph-{name}-v{version}-"))
     # Kept until the process exits: the loaded model's code directory stays on sys.path.
     atexit.register(shutil.rmtree, target, True)
-    return Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}/{version}", dst_path=str(target), tracking_uri=client.tracking_uri,
-        registry_uri=client._registry_uri))  # noqa: SLF001 (MlflowClient keeps no public registry_uri)
+    # Resolved through `client`, not MLflow's process-wide registry: a `models:/` URI is looked up in the global
+    # default store (./mlflow.db), so a client of a server would get the local store's version of that name.
+    location = client.get_model_version_download_uri(name, version)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(target),
+                                                    tracking_uri=client.tracking_uri))
 
 
 def record_digests(client: MlflowClient, name: str, version: str) -> dict[str, str]:

@@ -1,14 +1,24 @@
 """The MLflow model registry (MLflow 3: aliases, no stages): references, promotion rule, version tags, state.
 
-A registered model has at most one version under each alias. The register stage gives every new version
-either `champion` (it beats the current champion on the fixed evaluation set by more than the margin, or
-there is no champion yet) or `challenger`. Users load `models:/<name>@champion`.
+A registered model has at most one version under each alias. The register stage judges every new version:
+it is *recommended* for `champion` when it beats the current champion on the fixed evaluation set by more than
+the margin (or there is no champion yet), else it stays `challenger`. Registering never moves `champion` by
+itself: that takes `nanomorph promote` (or the register stage with `NANOMORPH_PROMOTE=1`, the flag CI sets on
+main), which records who promoted, when and why on the version. So an experiment (`dvc exp run`) can add
+challengers but never changes what users load: `models:/<name>@champion`.
+
+A version also carries the sha256 of its content (`nanomorph.content_sha256`: weights, config and code, not the
+MLflow metadata that differs from log to log); a model whose content is already registered is not registered
+again (`version_with_content`).
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from mlflow import MlflowClient
@@ -19,6 +29,8 @@ from nanomorph.errors import NanomorphError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CONTENT_TAG = "nanomorph.content_sha256"
+PROMOTE_ENV = "NANOMORPH_PROMOTE"
 # A registered model name: what MLflow accepts in a models:/ URI without escaping.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 _REF = re.compile(rf"^(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<version>[0-9]+))?$")
@@ -69,6 +81,13 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     return client.get_model_version_by_alias(name, alias)
 
 
+def _has_versions(client: MlflowClient, name: str) -> bool:
+    try:
+        return bool(client.search_model_versions(f"name = '{name}'", max_results=1))
+    except MlflowException:
+        return False
+
+
 def resolve(client: MlflowClient, ref: ModelRef, tracking_uri: str) -> ModelVersion:
     """The version `ref` names; a NanomorphError naming the reference and the store when there is none."""
     try:
@@ -80,8 +99,10 @@ def resolve(client: MlflowClient, ref: ModelRef, tracking_uri: str) -> ModelVers
             raise
         found = None
     if found is None:
-        raise NanomorphError(f"model '{ref}' not found in the registry at {tracking_uri} "
-                             "(run the register stage, or check the name and alias)")
+        hint = (f"no version is champion yet: the register stage only recommends; `nanomorph promote {ref.name} "
+                "--reason ...` decides" if ref.alias == CHAMPION and _has_versions(client, ref.name)
+                else "run the register stage, or check the name and alias")
+        raise NanomorphError(f"model '{ref}' not found in the registry at {tracking_uri} ({hint})")
     return found
 
 
@@ -129,11 +150,88 @@ def register_version(model_uri: str, name: str, tags: dict[str, Any], descriptio
     return client.get_model_version(name, str(version.version))
 
 
-def apply_decision(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
-    """Point the decided alias at `version` (the alias moves away from any other version) and tag the version."""
-    client.set_registered_model_alias(name, decision.alias, version)
+def set_alias(client: MlflowClient, name: str, alias: str, version: str, attempts: int = 4) -> None:
+    """`client.set_registered_model_alias`, tried again when the store reports a conflict: MLflow's SQL store
+    sets an alias by select-then-insert, so two writers creating the same alias at once make one of them fail
+    on the unique key (seen with two register runs against one PostgreSQL server). Setting an alias is
+    idempotent, and the last writer wins, as with any alias move."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as exc:
+            refused = exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_DOES_NOT_EXIST",
+                                         "INVALID_PARAMETER_VALUE")
+            if refused or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def promotion_enabled() -> bool:
+    """Whether the register stage may move `champion` itself: only with NANOMORPH_PROMOTE=1 (CI on main)."""
+    return os.environ.get(PROMOTE_ENV, "") == "1"
+
+
+def who() -> str:
+    """The registry user (MLFLOW_TRACKING_USERNAME) when there is one, else the OS user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def promote(client: MlflowClient, name: str, version: str, reason: str, via: str) -> str | None:
+    """Move `champion` of `name` to `version`, recording on the version who, when, why and the champion it
+    replaced; returns that previous champion's version (None when there was none)."""
+    if not reason.strip():
+        raise NanomorphError("a promotion needs a reason")
+    previous = version_by_alias(client, name, CHAMPION)
+    set_alias(client, name, CHAMPION, version)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for key, value in {"nanomorph.promoted_by": who(), "nanomorph.promoted_at": stamp,
+                       "nanomorph.promoted_via": via, "nanomorph.promotion_reason": reason,
+                       "nanomorph.replaced_champion": previous.version if previous else "none"}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return None if previous is None else str(previous.version)
+
+
+def apply_decision(client: MlflowClient, name: str, version: str, decision: Decision, *,
+                   allow_promotion: bool) -> str:
+    """Record the decision on `version` (tags `nanomorph.decision` = recommended alias, and its reason). With
+    `allow_promotion` a `champion` decision moves the alias (`promote`); otherwise the version becomes
+    `challenger` whatever the decision. Returns the alias the version now has."""
     client.set_model_version_tag(name, version, "nanomorph.decision", decision.alias)
     client.set_model_version_tag(name, version, "nanomorph.decision_reason", decision.reason)
+    if decision.alias == CHAMPION and allow_promotion:
+        promote(client, name, version, decision.reason, via=f"register stage ({PROMOTE_ENV}=1)")
+        return CHAMPION
+    set_alias(client, name, CHALLENGER, version)
+    return CHALLENGER
+
+
+def store_identity(tracking_uri: str) -> dict[str, str]:
+    """Which registry a version number refers to, without credentials: {'uri', 'kind'}. A local store (sqlite
+    or a folder) is this checkout's own, and its versions exist nowhere else."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    uri = urlunsplit((parts.scheme, netloc, parts.path, "", "")) if parts.scheme in ("http", "https") else tracking_uri
+    kind = "shared server" if parts.scheme in ("http", "https", "databricks") else "local store of this checkout"
+    return {"uri": uri, "kind": kind}
+
+
+def version_with_content(client: MlflowClient, name: str, content_sha256: str) -> ModelVersion | None:
+    """The newest version of `name` whose content fingerprint is `content_sha256`, or None."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+    same = [v for v in versions if (v.tags or {}).get(CONTENT_TAG) == content_sha256]
+    return max(same, key=lambda v: int(v.version)) if same else None
 
 
 def registry_state(client: MlflowClient, name: str) -> dict[str, Any]:

@@ -54,17 +54,24 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def configure(tracking_uri: str, experiment: str, artifact_dir: str | Path) -> str:
-    """Point MLflow at the store and experiment; returns the experiment id."""
+    """Point MLflow at the store and experiment (created when absent: artifacts under `artifact_dir` for a
+    local store, the server's own artifact store for an http(s) one); returns the experiment id."""
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+    mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
-    artifact_root = Path(artifact_dir).resolve()
-    artifact_root.mkdir(parents=True, exist_ok=True)
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri())
+    if uri.startswith(("http://", "https://")):
+        # A tracking server keeps the artifacts itself (proxied: `nanomorph registry-server`); a local folder
+        # of this checkout would be unreachable for everyone else.
+        experiment_id = mlflow.create_experiment(experiment)
+    else:
+        artifact_root = Path(artifact_dir).resolve()
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri())
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
