@@ -45,14 +45,15 @@ def _metrics(tmp_path: Path, with_optional: bool = True) -> Path:
         pd.DataFrame({"image": ["a", "b", "c", "d"], "label": ["network", "network", "dispersed", "dispersed"],
                       "density": [0.2, 0.22, 0.04, 0.05], "percolates": [True, False, False, False]}
                      ).to_csv(metrics / "morphology.csv", index=False)
-        entry = {"alias": "challenger", "metric": "accuracy", "name": "nanomorph-classifier", "version": "2",
+        entry = {"recommendation": "challenger", "registered": True, "metric": "accuracy",
+                 "name": "nanomorph-classifier", "version": "2",
                  "score": 0.61, "previous_champion": {"version": "1", "score": 0.64},
                  "reason": "does not beat the champion by more than the margin"}
         (metrics / "register.json").write_text(json.dumps({
             "classifier": entry, "encoder_choice": {"encoder": "simclr", "cv_folds": 5,
                                                     "cv_accuracy": {"simclr": 0.6, "barlow_twins": 0.5}},
             "eval_split": {"fraction": 0.2, "seed": 1, "hash": "abc123"},
-            "registry": {"nanomorph-classifier": {"champion": "1", "challenger": "2"}}}))
+            "store": {"uri": "sqlite:///mlflow.db", "kind": "local store of this checkout"}}))
     return metrics
 
 
@@ -71,7 +72,7 @@ def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
     inlined = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
     assert {tsne.read_bytes(), overlay.read_bytes(), paths["morphology_plot"].read_bytes()} <= inlined
     for text in ("t-SNE SimCLR", "Overlay network 000", "Data validation", "784", "95.0%",
-                 "nanomorph-classifier", "challenger", "v1 (0.640)", "does not beat the champion", "abc123",
+                 "nanomorph-classifier", "challenger", "v1 (0.640)", "does not beat the champion", "abc123", "local store of this checkout", "nanomorph promote",
                  "Deployed encoder: simclr"):
         assert text in page, text
     assert "<script" not in page and "http://" not in page and "https://" not in page
@@ -86,7 +87,7 @@ def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
     assert all(0.5 <= v <= 0.9 for v in headline["probe"]["median_accuracy"].values())
     assert "| n | random | random+knn | simclr | simclr+knn |" in markdown  # baselines tabled under their names
     assert headline["registry"]["classifier"] == {"name": "nanomorph-classifier", "version": "2",
-                                                  "alias": "challenger", "metric": "accuracy", "score": 0.61}
+                                                  "recommendation": "challenger", "metric": "accuracy", "score": 0.61}
     assert headline["validate"]["quarantined"] == 3
 
 

@@ -152,7 +152,7 @@ def _headline_section(metrics_dir: Path, data_source: str, pretraining: tuple[tu
 
 
 def _registry_headline(register: dict) -> dict:
-    return {kind: {k: register[kind][k] for k in ("name", "version", "alias", "metric", "score")}
+    return {kind: {k: register[kind][k] for k in ("name", "version", "recommendation", "metric", "score")}
             for kind in ("classifier", "segmenter") if kind in register}
 
 
@@ -360,18 +360,19 @@ def _registry_section(register: dict) -> Section:
             continue
         previous = entry.get("previous_champion")
         before = "none" if not previous else f"v{previous['version']} ({previous['score']:.3f})"
-        rows.append({"model": entry["name"], "new version": entry["version"], "alias": entry["alias"],
-                     "metric": entry["metric"], "score": float(entry["score"]), "previous champion": before,
-                     "decision": entry["reason"]})
+        rows.append({"model": entry["name"], "version": entry["version"],
+                     "registered": "new" if entry.get("registered", True) else "unchanged (not registered again)",
+                     "recommended": entry["recommendation"], "metric": entry["metric"],
+                     "score": float(entry["score"]), "previous champion": before, "decision": entry["reason"]})
     if rows:
         section.add("table", pd.DataFrame(rows))
-    aliases = register.get("registry", {})
-    if aliases:
-        section.add("text", "Aliases now: " + "; ".join(
-            f"{name}: " + (", ".join(f"{a} = v{v}" for a, v in sorted(per.items())) or "none")
-            for name, per in aliases.items()))
-        section.add("text", "Load the champion with mlflow.pyfunc.load_model('models:/<name>@champion'), serve it "
-                            "with mlflow models serve, or apply it with nanomorph predict.")
+    store = register.get("store")
+    if store:
+        section.add("text", f"Versions are those of the {store['kind']} at {store['uri']}. The register stage only "
+                            "recommends: `champion` moves by `nanomorph promote MODEL --reason ...` (or the stage "
+                            "with NANOMORPH_PROMOTE=1, as CI on main runs it), so an experiment never changes "
+                            "what users load. Load the champion with mlflow.pyfunc.load_model('models:/<name>"
+                            "@champion'), serve it with nanomorph serve, or apply it with nanomorph predict.")
     return section
 
 

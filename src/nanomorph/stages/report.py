@@ -31,7 +31,7 @@ def run_report(cfg: Config, _args: argparse.Namespace) -> None:
     for name, dice in headline["segment"]["median_dice"].items():
         print(f"  {name:>14}: {dice:.3f}")
     for kind, entry in headline["registry"].items():
-        print(f"Registered {kind}: {entry['name']} v{entry['version']} ({entry['alias']}), "
+        print(f"Registered {kind}: {entry['name']} v{entry['version']} (recommended {entry['recommendation']}), "
               f"evaluation {entry['metric']} {entry['score']:.3f}")
     print(f"\nMetrics: {paths['metrics']}   Report: {paths['html']} (and {paths['markdown']})")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri
