@@ -17,7 +17,6 @@ from __future__ import annotations
 import getpass
 import os
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -156,6 +155,8 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str, attempt
     sets an alias by select-then-insert, so two writers creating the same alias at once make one of them fail
     on the unique key (seen with two register runs against one PostgreSQL server). Setting an alias is
     idempotent, and the last writer wins, as with any alias move."""
+    import time
+
     for attempt in range(attempts):
         try:
             client.set_registered_model_alias(name, alias, version)
