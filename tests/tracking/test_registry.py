@@ -82,6 +82,16 @@ def test_store_identity_names_the_store_without_credentials():
                                                      "kind": "local store of this checkout"}
 
 
+def test_store_identity_names_a_store_inside_the_project_relative_to_it(tmp_path):
+    project = tmp_path / "clone"
+    (project / "mlruns").mkdir(parents=True)
+    local = "local store of this checkout"
+    assert store_identity(f"sqlite:///{project / 'mlflow.db'}", project) == {"uri": "sqlite:///mlflow.db", "kind": local}
+    assert store_identity((project / "mlruns").as_uri(), project) == {"uri": "mlruns", "kind": local}
+    outside = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert store_identity(outside, project) == {"uri": outside, "kind": local}
+
+
 def test_version_with_content_finds_the_newest_same_content(tmp_path):
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     mlflow.set_tracking_uri(uri)

@@ -173,14 +173,16 @@ def _register(cfg: Config, client: MlflowClient, kind: str, name: str, metric: s
     # The champion's code runs only after its files match the sha256 recorded when it was registered.
     champion_score = score_fn(load_verified(client, name, str(champion.version))) if champion is not None else None
     existing = version_with_content(client, name, content)
-    if existing is not None:
-        new_score = score_fn(load_verified(client, name, str(existing.version)))
-    else:
-        model_uri = log_model().model_uri
-        new_score = score_fn(mlflow.pyfunc.load_model(model_uri))  # logged by this process moments ago
-    if existing is not None and champion is not None and existing.version == champion.version:
+    is_champion = existing is not None and champion is not None and existing.version == champion.version
+    if is_champion:
+        new_score = champion_score  # the same version, scored just above
         decision = Decision(CHAMPION, False, f"unchanged: the same content is already champion v{champion.version}")
     else:
+        if existing is not None:
+            new_score = score_fn(load_verified(client, name, str(existing.version)))
+        else:
+            model_uri = log_model().model_uri
+            new_score = score_fn(mlflow.pyfunc.load_model(model_uri))  # logged by this process moments ago
         decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
                                       cfg.registry.margin)
     if baseline and new_score <= baseline["score"]:
@@ -196,19 +198,17 @@ def _register(cfg: Config, client: MlflowClient, kind: str, name: str, metric: s
         version = register_version(model_uri, name,
                                    {**_version_tags(cfg, metric, new_score, tags), CONTENT_TAG: content},
                                    description=f"nanomorph {kind}: {decision.reason}")
-        alias = apply_decision(client, name, str(version.version), decision, allow_promotion=promotion_enabled())
     else:
         version = existing
-        already = champion is not None and existing.version == champion.version
-        alias = CHAMPION if already else apply_decision(client, name, str(existing.version), decision,
-                                                         allow_promotion=promotion_enabled())
+    alias = CHAMPION if is_champion else apply_decision(client, name, str(version.version), decision,
+                                                        allow_promotion=promotion_enabled())
     mlflow.log_metrics({f"{kind}.eval_{metric}": new_score,
                         **({f"{kind}.champion_eval_{metric}": champion_score} if champion_score is not None else {})})
     mlflow.set_tags({f"{kind}.version": str(version.version), f"{kind}.alias": alias})
     return {
         "name": name, "version": str(version.version), "registered": existing is None,
         "recommendation": decision.alias, "reason": decision.reason, "metric": metric, "score": new_score,
-        "margin": cfg.registry.margin, "content_sha256": content,
+        "margin": cfg.registry.margin,
         "previous_champion": None if champion is None else {
             "version": str(champion.version), "score": champion_score,
             "eval_split": champion.tags.get("nanomorph.eval_split")},

@@ -17,8 +17,10 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -155,8 +157,6 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str, attempt
     sets an alias by select-then-insert, so two writers creating the same alias at once make one of them fail
     on the unique key (seen with two register runs against one PostgreSQL server). Setting an alias is
     idempotent, and the last writer wins, as with any alias move."""
-    import time
-
     for attempt in range(attempts):
         try:
             client.set_registered_model_alias(name, alias, version)
@@ -208,18 +208,29 @@ def apply_decision(client: MlflowClient, name: str, version: str, decision: Deci
     return CHALLENGER
 
 
-def store_identity(tracking_uri: str) -> dict[str, str]:
+def store_identity(tracking_uri: str, root: Path | None = None) -> dict[str, str]:
     """Which registry a version number refers to, without credentials: {'uri', 'kind'}. A local store (sqlite
-    or a folder) is this checkout's own, and its versions exist nowhere else."""
+    or a folder) is this checkout's own, and its versions exist nowhere else; inside the checkout (`root`, the
+    working directory by default) its path is written relative to it, so the record does not depend on where the
+    project was cloned."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(tracking_uri)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    uri = urlunsplit((parts.scheme, netloc, parts.path, "", "")) if parts.scheme in ("http", "https") else tracking_uri
-    kind = "shared server" if parts.scheme in ("http", "https", "databricks") else "local store of this checkout"
-    return {"uri": uri, "kind": kind}
+    if parts.scheme in ("http", "https", "databricks"):
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        uri = urlunsplit((parts.scheme, netloc, parts.path, "", "")) if parts.scheme != "databricks" else tracking_uri
+        return {"uri": uri, "kind": "shared server"}
+    uri = tracking_uri
+    scheme = next((p for p in ("sqlite:///", "file://") if tracking_uri.startswith(p)), "" if "://" not in
+                  tracking_uri else None)
+    if scheme is not None:
+        path, base = Path(tracking_uri[len(scheme):]), (root or Path.cwd()).resolve()
+        if path.is_absolute() and path.resolve().is_relative_to(base):
+            relative = path.resolve().relative_to(base).as_posix()
+            uri = f"sqlite:///{relative}" if scheme == "sqlite:///" else relative  # a file:// URI is never relative
+    return {"uri": uri, "kind": "local store of this checkout"}
 
 
 def version_with_content(client: MlflowClient, name: str, content_sha256: str) -> ModelVersion | None:

@@ -283,14 +283,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def running(layout: Layout) -> dict | None:
+    """{'pid', 'uri'} of the mlflow server started under `layout` when it still runs, else None."""
+    if not layout.state.is_file():
+        return None
+    state = json.loads(layout.state.read_text())
+    return state if _pid_alive(state["pid"]) else None
+
+
 def start(root: Path, *, host: str, port: int, secrets: dict[str, str], experiment: str,
           models: tuple[str, ...]) -> str:
     """Start (or restart) the registry under `root`; returns its tracking URI."""
     layout = Layout(root.resolve())
     layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if layout.state.is_file() and _pid_alive(json.loads(layout.state.read_text())["pid"]):
-        raise NanomorphError(f"{layout.root}: a registry server already runs there "
-                             f"({json.loads(layout.state.read_text())['uri']}); `stop` it first")
+    if (found := running(layout)) is not None:
+        raise NanomorphError(f"{layout.root}: a registry server already runs there ({found['uri']}); "
+                             "`stop` it first")
     start_postgres(layout)
     write_auth_config(layout, secrets["admin"])
     process = start_mlflow(layout, host, port)
@@ -348,10 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped the registry under {args.dir}")
             return 0
         if args.action == "status":
-            state = Layout(args.dir.resolve()).state
-            running = state.is_file() and _pid_alive(json.loads(state.read_text())["pid"])
-            print(json.loads(state.read_text())["uri"] if running else "not running")
-            return 0 if running else 1
+            found = running(Layout(args.dir.resolve()))
+            print(found["uri"] if found else "not running")
+            return 0 if found else 1
         from nanomorph.config import load_config
 
         cfg = load_config(args.params)
