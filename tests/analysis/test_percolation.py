@@ -138,3 +138,58 @@ def test_large_mask_runs():
     mask[512, :] = True
     mask[:, 300] = True
     assert percolates(mask)
+
+
+PROPERTY_EPS = (0.5, 1.0, 1.2, np.sqrt(2), 1.5, 2.0, 2.5, 3.0, 3.7)
+
+
+def random_canvas(rng: np.random.Generator) -> np.ndarray:
+    """A mask of random shape (boxes, single rows, single columns) and density (empty and full included),
+    sometimes crossed by a few lines, so that clusters meet at every angle."""
+    height, width = (int(n) for n in rng.integers(1, 40, size=2))
+    height, width = [(height, width), (1, width), (height, 1)][int(rng.choice(3, p=[0.7, 0.15, 0.15]))]
+    density = [0.0, 1.0, rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.2)][int(rng.integers(4))]
+    mask = rng.random((height, width)) < density
+    for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.3 else 0):
+        rows, cols = draw.line(*(int(rng.integers(0, n)) for n in (height, width, height, width)))
+        mask[rows, cols] = True
+    return mask
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_random_masks_eps_and_min_samples_equal_dbscan(block):
+    """Property test (seeded; hypothesis is not a dependency): labels identical for any mask and parameters."""
+    for seed in range(100 * block, 100 * (block + 1)):
+        rng = np.random.default_rng(10_000 + seed)
+        mask = random_canvas(rng)
+        eps, min_samples = float(rng.choice(PROPERTY_EPS)), int(rng.integers(1, 7))
+        fast = wire_clusters(mask, eps, min_samples)
+        reference = wire_clusters_dbscan(mask, eps, min_samples)
+        assert np.array_equal(fast, reference), (seed, mask.shape, eps, min_samples)
+
+
+def test_edge_shapes_equal_dbscan_for_every_eps_and_min_samples():
+    masks = [np.zeros((5, 5), dtype=bool), np.ones((1, 1), dtype=bool), np.ones((6, 7), dtype=bool),
+             np.ones((1, 9), dtype=bool), np.ones((9, 1), dtype=bool), np.eye(6, 8, dtype=bool)[:, ::-1]]
+    for mask in masks:
+        for eps in PROPERTY_EPS:
+            for min_samples in range(1, 7):
+                assert np.array_equal(wire_clusters(mask, eps, min_samples),
+                                      wire_clusters_dbscan(mask, eps, min_samples)), (mask.shape, eps, min_samples)
+
+
+def test_wide_stencil_counts_past_255_neighbours():
+    """eps 9.5 has 293 offsets: neighbour counts no longer fit in a byte."""
+    mask = np.random.default_rng(3).random((30, 34)) < 0.6
+    for min_samples in (1, 100, 200, 260, 293):
+        np.testing.assert_array_equal(wire_clusters(mask, 9.5, min_samples),
+                                      wire_clusters_dbscan(mask, 9.5, min_samples))
+
+
+def test_components_joined_only_by_long_offsets_keep_scikit_learn_numbering():
+    # eps 2, every pixel core: (0,0) and (2,0) join through the (2, 0) offset, which 8-connectivity lacks;
+    # (0,5) starts between them in raster order but is a cluster of its own.
+    mask = np.zeros((3, 7), dtype=bool)
+    mask[0, 0] = mask[2, 0] = mask[0, 5] = True
+    np.testing.assert_array_equal(wire_clusters(mask, 2.0, 1), [0, 1, 0])
+    np.testing.assert_array_equal(wire_clusters_dbscan(mask, 2.0, 1), [0, 1, 0])

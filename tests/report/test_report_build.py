@@ -45,6 +45,24 @@ def _metrics(tmp_path: Path, with_optional: bool = True) -> Path:
         pd.DataFrame({"image": ["a", "b", "c", "d"], "label": ["network", "network", "dispersed", "dispersed"],
                       "density": [0.2, 0.22, 0.04, 0.05], "percolates": [True, False, False, False]}
                      ).to_csv(metrics / "morphology.csv", index=False)
+        pd.DataFrame([{"n": 1, "method_a": "simclr", "method_b": "random", "pairs": 3, "median_a": 0.7,
+                       "median_b": 0.5, "median_difference": 0.2, "W": 0.0, "p": 0.002, "p_holm": 0.004}]
+                     ).to_csv(metrics / "probe_stats.csv", index=False)
+        pd.DataFrame([{"encoder": e, "split_seed": s, "accuracy": rng.uniform(0.3, 0.8), "atypicality": rng.uniform(0.5, 2),
+                       "inverted": s % 3 == 0} for e in ("simclr", "random") for s in range(6)]
+                     ).to_csv(metrics / "probe_anchor.csv", index=False)
+        anchors = {"probes": 6, "inverted": 2, "median_accuracy_inverted": 0.41, "median_accuracy_ordered": 0.62,
+                   "mann_whitney_p": 0.2, "spearman_rho_atypicality": -0.42, "spearman_p": 0.03,
+                   "spearman_rho_density_gap": 0.3, "spearman_p_density_gap": 0.1}
+        (metrics / "probe.json").write_text(json.dumps({"anchors": {"simclr": anchors, "random": anchors}}))
+        # simclr's advisor wins at k = 4 and 8; random's only at k = 4.
+        pd.DataFrame([{"encoder": e, "encoder_seed": 0, "k": k, "seeds": 20, "advisor_accuracy": 0.7,
+                       "random_accuracy": 0.6, "advisor_minus_random": 0.1, "advisor_wins": 18,
+                       "wilcoxon_p": 0.001 if (e == "simclr" or k == 4) else 0.2}
+                      for e in ("simclr", "random") for k in (4, 8)]).to_csv(metrics / "probe_advisor.csv", index=False)
+        pd.DataFrame({"epoch": [1, 2, 3], "loss": [4.1, 3.5, 3.2], "lr": [0.1, 0.1, 0.05],
+                      "embedding_std": [0.02, 0.03, 0.03], "effective_rank": [170.0, 120.0, 110.0]}
+                     ).to_csv(metrics / "pretrain_simclr_history.csv", index=False)
         entry = {"recommendation": "challenger", "registered": True, "metric": "accuracy",
                  "name": "nanomorph-classifier", "version": "2",
                  "score": 0.61, "previous_champion": {"version": "1", "score": 0.64},
@@ -63,17 +81,21 @@ def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
     overlay = _png(tmp_path / "figures/segment/examples/overlay_network-000.png", (200, 10, 10))
     out = tmp_path / "reports"
     paths = write_report(metrics, out, "micro", 8, (tmp_path / "figures/probe", tmp_path / "figures/segment"),
-                         benchmarks=tmp_path / "benchmarks")
+                         benchmarks=tmp_path / "benchmarks", pretraining=(("simclr",), "task"))
 
     page = paths["html"].read_text()
     sources = re.findall(r'<img alt="[^"]*" src="([^"]+)"', page)
-    assert len(sources) == 5  # 2 box plots, morphology, t-SNE, overlay
+    assert len(sources) == 7  # 2 box plots, anchor study, morphology, pretraining curves, t-SNE, overlay
     assert all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
     inlined = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
-    assert {tsne.read_bytes(), overlay.read_bytes(), paths["morphology_plot"].read_bytes()} <= inlined
+    assert {tsne.read_bytes(), overlay.read_bytes(), paths["morphology_plot"].read_bytes(),
+            paths["anchor_plot"].read_bytes(), paths["pretraining_plot"].read_bytes()} <= inlined
+    assert page.count('<input type="checkbox" class="zoom">') == 7  # every figure can be enlarged
     for text in ("t-SNE SimCLR", "Overlay network 000", "Data validation", "784", "95.0%",
                  "nanomorph-classifier", "challenger", "v1 (0.640)", "does not beat the champion", "abc123", "local store of this checkout", "nanomorph promote",
-                 "Deployed encoder: simclr"):
+                 "Deployed encoder: simclr", "Statistics: paired tests", "Holm", "Anchor study", "-0.420",
+                 "Pretraining curves", "simclr: the advisor beats random choice (p &lt; 0.01) at k = 4 and 8",
+                 "random: the advisor does not beat random choice"):
         assert text in page, text
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
@@ -98,7 +120,8 @@ def test_missing_inputs_are_named_in_the_report(tmp_path):
     page = paths["html"].read_text()
     for text in ("metrics/validate.json is missing", "metrics/analyse.json is missing",
                  "metrics/morphology.csv is missing", "metrics/register.json is missing",
-                 "No figures under"):
+                 "metrics/probe_stats.csv is missing", "metrics/probe_advisor.csv is missing",
+                 "probe.json&#x27;s anchors are missing", "No figures under"):
         assert text in page, text
     assert "morphology_plot" not in paths
     assert json.loads(paths["metrics"].read_text())["registry"] == {}

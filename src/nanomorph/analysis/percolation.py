@@ -5,8 +5,15 @@ percolated when a single cluster stretches (almost) across the whole field of vi
 
 `wire_clusters_dbscan` is that reference, run through scikit-learn. `wire_clusters` returns the very same
 labels much faster by using the fact that the points lie on a pixel grid: "within eps" becomes a fixed
-stencil of pixel offsets, so neighbour counts are one correlation, core clusters are connected components
-of a sparse graph, and border points are one minimum filter.
+stencil of integer pixel offsets, and in the mask padded by the stencil's reach every offset is a constant
+shift of the flat pixel index. So
+  * neighbour counts (which pixels are core) are one shifted add per offset;
+  * core clusters: `scipy.ndimage.label` joins core pixels over the offsets inside the 3x3 neighbourhood;
+    each longer offset is one shifted comparison of that label image, which yields the few pairs of
+    components it joins; a connected-components pass over that small graph merges them, and the merged
+    clusters are renumbered in the order scikit-learn discovers them;
+  * a border point takes the lowest cluster number among the cores within eps, gathered at the non-core
+    wire pixels only.
 """
 
 from __future__ import annotations
@@ -59,50 +66,34 @@ def neighbourhood_offsets(eps: float) -> np.ndarray:
     return np.stack([dr[inside], dc[inside]], axis=1)
 
 
-def _footprint(offsets: np.ndarray) -> np.ndarray:
-    reach = int(np.abs(offsets).max())
-    footprint = np.zeros((2 * reach + 1, 2 * reach + 1), dtype=bool)
-    footprint[offsets[:, 0] + reach, offsets[:, 1] + reach] = True
-    return footprint
+def _cluster_lookup(components: np.ndarray, core: np.ndarray, n_components: int,
+                    shifts: np.ndarray) -> np.ndarray:
+    """Cluster number of each `ndimage.label` component, as a lookup table indexed by component.
 
-
-def _core_components(core: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Label image of core pixels (-1 elsewhere): connected components under the eps-neighbourhood.
-
-    Components are numbered in the order of their first pixel in row-major order, which is the order in
-    which scikit-learn's DBSCAN discovers its clusters, so the labels match it exactly, not just up to a
-    permutation.
+    `components` and `core` are the flat, padded component image and core mask; `shifts` are the flat
+    shifts of the stencil offsets outside the 3x3 structure, one per symmetric pair. Such an offset can
+    still join two components: one whole-array comparison of the image with itself shifted finds every
+    pair, and the components are merged on the small graph of those pairs. Entry 0 (the background) is the
+    number of clusters, one past the last: "no cluster".
     """
-    height, width = core.shape
-    index = np.full(core.shape, -1, dtype=np.int64)
-    rows, cols = np.nonzero(core)
-    n_core = len(rows)
-    index[rows, cols] = np.arange(n_core)
-    sources, targets = [], []
-    # Half of the symmetric stencil suffices: the graph is undirected.
-    for dr, dc in offsets:
-        if (dr, dc) <= (0, 0):
-            continue
-        r2, c2 = rows + dr, cols + dc
-        on_grid = (r2 >= 0) & (r2 < height) & (c2 >= 0) & (c2 < width)
-        neighbour = np.full(n_core, -1, dtype=np.int64)
-        neighbour[on_grid] = index[r2[on_grid], c2[on_grid]]
-        linked = neighbour >= 0
-        sources.append(np.nonzero(linked)[0])
-        targets.append(neighbour[linked])
-    sources_all = np.concatenate(sources) if sources else np.empty(0, dtype=np.int64)
-    targets_all = np.concatenate(targets) if targets else np.empty(0, dtype=np.int64)
-    graph = coo_matrix(
-        (np.ones(len(sources_all), dtype=np.int8), (sources_all, targets_all)), shape=(n_core, n_core)
-    ).tocsr()
-    _, component = connected_components(graph, directed=False)
-    # Renumber components by first appearance (= smallest core index).
-    _, first = np.unique(component, return_index=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    label_image = np.full(core.shape, -1, dtype=np.int64)
-    label_image[rows, cols] = rank[component]
-    return label_image
+    sources, targets = [np.empty(0, dtype=components.dtype)], [np.empty(0, dtype=components.dtype)]
+    for shift in shifts:
+        here, there = components[:-shift], components[shift:]
+        joined = core[:-shift] & core[shift:]  # cheaper than testing the labels for > 0
+        joined &= here != there
+        sources.append(here[joined])
+        targets.append(there[joined])
+    sources, targets = np.concatenate(sources) - 1, np.concatenate(targets) - 1
+    graph = coo_matrix((np.ones(len(sources), dtype=np.int8), (sources, targets)),
+                       shape=(n_components, n_components))
+    _, merged = connected_components(graph, directed=False)
+    # ndimage.label numbers components in raster order of their first pixel, so a merged cluster starts
+    # where its smallest component does: ranking clusters by that numbers them in the order scikit-learn's
+    # DBSCAN discovers them (by their first core point), so labels match exactly, not up to a permutation.
+    _, smallest = np.unique(merged, return_index=True)
+    rank = np.empty(len(smallest), dtype=np.intp)
+    rank[np.argsort(smallest)] = np.arange(len(smallest))
+    return np.concatenate([[len(smallest)], rank[merged]])
 
 
 def wire_clusters(mask: np.ndarray, eps: float = 2.0, min_samples: int = 2) -> np.ndarray:
@@ -120,23 +111,46 @@ def wire_clusters(mask: np.ndarray, eps: float = 2.0, min_samples: int = 2) -> n
     if not mask.any():
         return np.empty(0, dtype=np.intp)
     offsets = neighbourhood_offsets(eps)
-    footprint = _footprint(offsets)
-    counts = ndimage.correlate(mask.astype(np.int32), footprint.astype(np.int32), mode="constant", cval=0)
-    core = mask & (counts >= min_samples)
-    labels = np.full(mask.shape, NOISE, dtype=np.int64)
-    if core.any():
-        core_labels = _core_components(core, offsets)
-        # One past the last cluster number marks "no core within eps". (A huge sentinel such as the int64
-        # maximum does not survive ndimage's cval, which passes through a double.)
-        unreachable = int(core_labels.max()) + 1
-        # Lowest cluster number among the cores within eps of each pixel.
-        nearest_cluster = ndimage.minimum_filter(
-            np.where(core, core_labels, unreachable), footprint=footprint, mode="constant", cval=unreachable
-        )
-        border = mask & ~core & (nearest_cluster != unreachable)
-        labels[core] = core_labels[core]
-        labels[border] = nearest_cluster[border]
-    return labels[mask].astype(np.intp)
+    reach = int(np.abs(offsets).max())
+    # Padded by the stencil's reach (plus a row, so that corner steps stay inside the array), the neighbour
+    # at (dr, dc) of a mask pixel sits at its flat index + dr * width + dc, and a neighbour off the mask
+    # lands on padding, never on the next or previous row: every stencil step is one contiguous slice.
+    wire = np.pad(mask, ((reach + 1, reach + 1), (reach, reach)))
+    width = wire.shape[1]
+    is_wire = wire.ravel()
+    shifts = offsets[:, 0] * width + offsets[:, 1]
+    rows = slice((reach + 1) * width, (reach + 1 + mask.shape[0]) * width)  # the mask's rows, all columns
+
+    # Neighbour counts, itself included: one shifted add per stencil offset (uint8 while the stencil has
+    # < 256 offsets, i.e. eps < ~8.9: half the memory traffic of wider integers).
+    counts = np.zeros(rows.stop - rows.start, dtype=np.min_scalar_type(len(offsets)))
+    for shift in shifts:
+        counts += is_wire.view(np.uint8)[rows.start + shift : rows.stop + shift]
+    core = np.zeros_like(wire)
+    core.ravel()[rows] = is_wire[rows] & (counts >= min_samples)
+
+    # Core clusters. ndimage.label joins the stencil offsets within 3x3 (8-connectivity for eps >= sqrt 2,
+    # 4-connectivity for 1 <= eps < sqrt 2, none for eps < 1); only the longer offsets are left to check.
+    near = np.abs(offsets).max(axis=1) <= 1
+    structure = np.zeros((3, 3), dtype=bool)
+    structure[offsets[near, 0] + 1, offsets[near, 1] + 1] = True
+    components, n_components = ndimage.label(core, structure=structure)
+    components = components.ravel()
+    cluster = _cluster_lookup(components, core.ravel(), n_components, shifts[~near & (shifts > 0)])
+    no_cluster = cluster[0]
+
+    pixels = np.flatnonzero(is_wire)  # the row-major order of np.nonzero(mask)
+    labels = cluster[components[pixels]]
+    # A non-core pixel takes the lowest cluster number among the cores within eps (a border point), or none.
+    others = np.flatnonzero(labels == no_cluster)
+    if len(others):
+        at = pixels[others]
+        nearest = np.full(len(others), no_cluster)
+        for shift in shifts:
+            np.minimum(nearest, cluster[components[at + shift]], out=nearest)
+        labels[others] = nearest
+    labels[labels == no_cluster] = NOISE
+    return labels
 
 
 def cluster_extents(mask: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import pandas as pd
 from nanomorph.report.figures import grouped_boxplot
 from nanomorph.report.gallery import Figure, collect_figures
 from nanomorph.report.morphology_figure import morphology_figure
+from nanomorph.report.study_figures import anchor_figure, pretraining_figure
 
 FIGURE_DIRS = (Path("figures/probe"), Path("figures/segment"))
 BENCHMARKS = Path("benchmarks/results")  # generator realism figure and the real-data (EMPS) benchmark
@@ -38,7 +39,9 @@ padding:0 1em;color:#222;line-height:1.45}h1{border-bottom:2px solid #444}
 h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}
-img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
+img{max-width:100%;height:auto;border:1px solid #eee;cursor:zoom-in}figcaption{font-size:.9em;color:#555}
+input.zoom{display:none}input.zoom:checked+img{position:fixed;inset:0;margin:auto;max-width:98vw;max-height:98vh;
+width:auto;z-index:10;background:#fff;box-shadow:0 0 0 100vmax rgba(0,0,0,.6);cursor:zoom-out}
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{flex:1 1 300px;max-width:520px}
 .missing{color:#a33}code{background:#f5f5f5;padding:0 .2em}"""
 
@@ -222,9 +225,11 @@ def _inline_png(path: Path) -> str:
 
 
 def _figure_html(figure: Figure) -> str:
+    # A click shows the figure at full size and another click puts it back: a hidden checkbox and CSS, no script,
+    # and the image data is inlined once.
     caption = html.escape(figure.caption)
-    return (f'<figure><img alt="{caption}" src="{_inline_png(figure.path)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (f'<figure><label><input type="checkbox" class="zoom"><img alt="{caption}" '
+            f'src="{_inline_png(figure.path)}"></label><figcaption>{caption} (click to enlarge)</figcaption></figure>')
 
 
 def _render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
@@ -340,6 +345,77 @@ def _realism_section(benchmarks: Path) -> Section:
     return section.add("figure", Figure(figure, "Real TEM panels (left) next to generated images of the class"))
 
 
+def _statistics_section(metrics_dir: Path) -> Section:
+    section = Section("Statistics: paired tests of the probes")
+    path = metrics_dir / "probe_stats.csv"
+    if not path.is_file():
+        return section.add("missing", "metrics/probe_stats.csv is missing: run the probe stage.")
+    stats = pd.read_csv(path)
+    section.add("text", "Wilcoxon signed-rank over the split seeds the methods share (each seed gives both methods "
+                        "the same labelled and test images), Holm-corrected over every comparison in the table.")
+    return section.add("table", stats[["n", "method_a", "method_b", "pairs", "median_a", "median_b",
+                                       "median_difference", "p_holm"]])
+
+
+def _anchor_section(metrics_dir: Path, out_dir: Path, paths: dict[str, Path]) -> Section:
+    """The paper's anchor study (its Fig. 3): which one-shot probes fail, and whether anchor choice explains it."""
+    section = Section("Anchor study: one labelled image per class (paper Fig. 3)")
+    table_path = metrics_dir / "probe_anchor.csv"
+    summary = _read_json(metrics_dir / "probe.json").get("anchors", {})
+    if not table_path.is_file() or not summary:
+        return section.add("missing", "metrics/probe_anchor.csv or probe.json's anchors are missing: run the probe "
+                                      "stage.")
+    section.add("text", "Each one-shot probe is trained on one anchor image per class. Atypicality: the anchors' "
+                        "mean distance to their class centre (1 = an ordinary member); inverted: the dispersed "
+                        "anchor is denser than the network anchor. Spearman correlations of one-shot accuracy with "
+                        "atypicality and with the network-minus-dispersed density gap; Mann-Whitney U of accuracy, "
+                        "inverted vs ordered anchors (probes of one encoder share images, so read p as descriptive).")
+    rows = pd.DataFrame([{"encoder": name, "probes": s["probes"], "inverted": s["inverted"],
+                          "median acc. inverted": s["median_accuracy_inverted"],
+                          "median acc. ordered": s["median_accuracy_ordered"], "Mann-Whitney p": s["mann_whitney_p"],
+                          "rho (atypicality)": s["spearman_rho_atypicality"], "p (atypicality)": s["spearman_p"],
+                          "rho (density gap)": s["spearman_rho_density_gap"],
+                          "p (density gap)": s["spearman_p_density_gap"]} for name, s in summary.items()])
+    section.add("table", rows)
+    paths["anchor_plot"] = anchor_figure(pd.read_csv(table_path), out_dir / "anchor_study.png")
+    return section.add("figure", Figure(paths["anchor_plot"], "One-shot accuracy vs anchor atypicality"))
+
+
+def _advisor_section(metrics_dir: Path) -> Section:
+    """The label-budget advisor (which images to label first) against labelling a random choice."""
+    section = Section("Label-budget advisor: which images to label first")
+    path = metrics_dir / "probe_advisor.csv"
+    if not path.is_file():
+        return section.add("missing", "metrics/probe_advisor.csv is missing: run the probe stage.")
+    advisor = pd.read_csv(path)
+    section.add("text", "The advisor proposes k images to label (k-means on the unlabelled features, the image "
+                        "nearest each centre); the probe trained on them is compared with probes trained on "
+                        "random choices of k, over split seeds the sweep never uses (Wilcoxon signed-rank).")
+    for name, rows in advisor.groupby("encoder", sort=False):
+        wins = [bool(((rows["k"] == k) & (rows["wilcoxon_p"] < SIGNIFICANCE)
+                      & (rows["advisor_minus_random"] > 0)).any()) for k in (4, 8)]
+        verdict = ("beats random choice (p < 0.01) at k = 4 and 8" if all(wins) else
+                   "does not beat random choice at both k = 4 and 8 (p < 0.01), so it is not part of the headline")
+        section.add("text", f"{name}: the advisor {verdict}.")
+    return section.add("table", advisor[["encoder", "k", "seeds", "advisor_accuracy", "random_accuracy",
+                                         "advisor_minus_random", "advisor_wins", "wilcoxon_p"]])
+
+
+def _pretraining_section(metrics_dir: Path, out_dir: Path, paths: dict[str, Path],
+                         methods: tuple[str, ...]) -> Section:
+    section = Section("Pretraining curves")
+    histories = {m: metrics_dir / f"pretrain_{m}_history.csv" for m in methods}
+    absent = [p.as_posix() for p in histories.values() if not p.is_file()]
+    if absent:
+        section.add("missing", f"{', '.join(absent)} missing: run the pretrain stage.")
+    present = {m: pd.read_csv(p) for m, p in histories.items() if p.is_file()}
+    if present:
+        paths["pretraining_plot"] = pretraining_figure(present, out_dir / "pretraining.png")
+        section.add("figure", Figure(paths["pretraining_plot"],
+                                     "Pretraining loss and effective rank of the embeddings per epoch"))
+    return section
+
+
 def _registry_section(register: dict) -> Section:
     section = Section("Model registry")
     if not register:
@@ -419,9 +495,13 @@ def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
         _headline_section(metrics_dir, data_source, pretraining),
         _real_data_section(benchmarks),
         classification,
+        _statistics_section(metrics_dir),
+        _anchor_section(metrics_dir, out_dir, paths),
+        _advisor_section(metrics_dir),
         segmentation,
         _realism_section(benchmarks),
         _morphology_section(metrics_dir, out_dir, paths),
+        *([_pretraining_section(metrics_dir, out_dir, paths, pretraining[0])] if pretraining else []),
         _registry_section(_read_json(metrics_dir / "register.json")),
         _validation_section(headline["validate"]),
     ]
