@@ -75,6 +75,12 @@ def test_stage_writes_every_output_and_reuses_its_feature_cache(project):
     assert set(first["median_accuracy"]) == {"random"} and set(first["baselines"]) == {"random+knn"}
     assert "sweep_seconds" not in first and "feature_cache" not in first  # machine- and history-dependent
     assert _last_run_metrics()[["feature_cache_extracted", "feature_cache_reused"]].tolist() == [1, 0]
+    # The accuracy-vs-labels curve per method, with the label budget as the metric's step (drawn by the MLflow UI).
+    run_id = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"],
+                                max_results=1).iloc[0]["run_id"]
+    for method, by_n in {**first["median_accuracy"], **first["baselines"]}.items():
+        history = mlflow.MlflowClient().get_metric_history(run_id, f"{method.replace('+', '-')}.median_accuracy")
+        assert sorted((m.step, m.value) for m in history) == sorted((int(k[1:]), v) for k, v in by_n.items())
     cached = sorted(p.name for p in Path("data/features").iterdir())
     assert len(cached) == 3 and "index.json" in cached
 

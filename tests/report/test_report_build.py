@@ -111,6 +111,11 @@ def test_report_inlines_every_figure_and_shows_every_result(tmp_path):
     assert headline["registry"]["classifier"] == {"name": "nanomorph-classifier", "version": "2",
                                                   "recommendation": "challenger", "metric": "accuracy", "score": 0.61}
     assert headline["validate"]["quarantined"] == 3
+    # dvc's only metrics file: the headline numbers, short keys, three decimals (`dvc metrics show` fits a terminal).
+    short = json.loads(paths["headline"].read_text())
+    assert short == {"acc_n8": {m: round(v, 3) for m, v in headline["probe"]["median_accuracy"].items()},
+                     f"dice_n{headline['segment']['train_images']}": {
+                         m: round(v, 3) for m, v in headline["segment"]["median_dice"].items()}}
 
 
 def test_missing_inputs_are_named_in_the_report(tmp_path):

@@ -74,6 +74,19 @@ def test_register_recommends_promotion_moves_champion_and_unchanged_models_are_n
         assert tags["nanomorph.promoted_via"] == f"register stage ({PROMOTE_ENV}=1)"
         assert tags["nanomorph.replaced_champion"] == "none" and tags["nanomorph.promoted_by"]
         assert re.fullmatch(r"[0-9a-f]{64}", tags[CONTENT_TAG])
+        # A model card as the version's description and as an artifact of the run that logged it.
+        version = client.get_model_version(entry["name"], "1")
+        card = version.description
+        for text in (f"# {entry['name']} ({kind})", "## Intended use", "## Training data", "SYNTHETIC",
+                     f"{entry['score']:.3f} on {entry['eval_images']} held-out images", "classical baseline",
+                     "## Limitations"):
+            assert text in card, text
+        assert "model card" in client.get_registered_model(entry["name"]).description
+        assert mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_cards/{kind}.md") == card
+        # Each logged model carries its own evaluation metric only.
+        assert version.source.startswith("models:/m-")  # MLflow 3 registers the logged model by its id
+        logged = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert {m.key for m in logged.metrics} == {f"{kind}.eval_{entry['metric']}"}
         assert "content_sha256" not in entry  # it covers the code too: register.json stays a function of its deps
 
     # An ordinary run (or an experiment) with other params: a new version, judged, but champion stays.

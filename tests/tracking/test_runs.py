@@ -1,6 +1,6 @@
 import mlflow
 
-from nanomorph.tracking.runs import PIPELINE_TAG, flatten, stage_run
+from nanomorph.tracking.runs import PIPELINE_TAG, flatten, log_curve, log_parent_metrics, stage_run
 
 
 def _open(tmp_path, stage, params_hash="h1"):
@@ -28,6 +28,28 @@ def test_stages_of_one_configuration_nest_under_one_parent(tmp_path, monkeypatch
     assert {"git_commit", "dvc_data_hash", "params_hash"} <= set(child.data.tags)
     assert PIPELINE_TAG in client.get_run(parent_of[first]).data.tags
     assert (tmp_path / "mlartifacts").is_dir()
+    # The parent carries the stages' params and identity too, so pipelines compare at that level.
+    parent = client.get_run(parent_of[first])
+    assert parent.data.params["probe.C"] == "1.0" and parent.data.params["probe.sizes"] == "[1, 2]"
+    assert parent.data.tags["git_commit"] == child.data.tags["git_commit"]
+
+
+def test_curves_have_the_label_budget_as_step_and_the_parent_gets_the_headline(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "wider-crops")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    with _open(tmp_path, "probe") as run:
+        log_curve("simclr.median_accuracy", {8: 0.8, 1: 0.6, 2: 0.7})
+        log_parent_metrics(run, {"probe.simclr.median_accuracy.n8": 0.8})
+        run_id = run.info.run_id
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run_id, "simclr.median_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.6), (2, 0.7), (8, 0.8)]
+    tags = client.get_run(run_id).data.tags
+    parent = client.get_run(tags["mlflow.parentRunId"])
+    assert parent.data.metrics == {"probe.simclr.median_accuracy.n8": 0.8}
+    for run_tags in (tags, parent.data.tags):  # the MLflow run names its DVC experiment
+        assert run_tags["dvc.exp_name"] == "wider-crops" and run_tags["dvc.exp_baseline_rev"] == "abc123"
 
 
 def test_flatten_nested_params():

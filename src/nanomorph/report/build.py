@@ -184,6 +184,15 @@ def headline_metrics(metrics_dir: Path, probe_n: int) -> dict:
     }
 
 
+def terminal_headline(headline: dict) -> dict:
+    """The few numbers `dvc metrics show` prints (dvc.yaml's only metrics file), short-keyed so the table fits a
+    terminal: probe accuracy at the report's labels per class and segmentation dice at the largest training
+    set, per method, to three decimals. Everything else stays in reports/metrics.json and metrics/*.json."""
+    probe, segment = headline["probe"], headline["segment"]
+    return {f"acc_n{probe['labels_per_class']}": {m: round(v, 3) for m, v in probe["median_accuracy"].items()},
+            f"dice_n{segment['train_images']}": {m: round(v, 3) for m, v in segment["median_dice"].items()}}
+
+
 def _table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
@@ -476,6 +485,8 @@ def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
         "html": out_dir / "report.html",
     }
     paths["metrics"].write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    paths["headline"] = out_dir / "headline.json"
+    paths["headline"].write_text(json.dumps(terminal_headline(headline), indent=2, sort_keys=True) + "\n")
 
     probe_table = (probe.assign(method=_probe_method(probe)).groupby(["n", "method"])["accuracy"].median()
                    .unstack("method").reset_index())

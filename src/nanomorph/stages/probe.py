@@ -52,6 +52,7 @@ from nanomorph.probe.stats import holm, pairwise_wilcoxon
 from nanomorph.probe.sweep import label_budget_runs, probe_sweep
 from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
+from nanomorph.tracking.runs import log_curve
 
 FEATURE_DIR = Path("data/features")
 FIGURE_DIR = Path("figures/probe")
@@ -252,6 +253,8 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         for r in advisor.itertuples():
             metrics[f"{r.encoder}.advisor_minus_random.k{r.k}"] = r.advisor_minus_random
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        for method, by_n in per_n.items():  # accuracy-vs-labels curves in the MLflow UI (step = labels per class)
+            log_curve(f"{method.replace('+', '-')}.median_accuracy", {int(k[1:]): v for k, v in by_n.items()})
         for path in ("metrics/probe_results.csv", "metrics/probe_summary.csv", "metrics/probe_stats.csv",
                      "metrics/probe_anchor.csv", "metrics/probe_advisor.csv", "metrics/probe.json"):
             mlflow.log_artifact(path)

@@ -50,6 +50,7 @@ from nanomorph.probe.linear import fit_linear_probe
 from nanomorph.probe.splits import GivenSplit, split_rule, stratified_split
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
+from nanomorph.serving.model_card import PURPOSE, CardFacts, model_card
 from nanomorph.serving.package import (
     classifier_config, classifier_content, log_classifier, log_segmenter, segmenter_config, segmenter_content,
 )
@@ -181,7 +182,8 @@ def _register(cfg: Config, client: MlflowClient, kind: str, name: str, metric: s
         if existing is not None:
             new_score = score_fn(load_verified(client, name, str(existing.version)))
         else:
-            model_uri = log_model().model_uri
+            logged = log_model()
+            model_uri = logged.model_uri
             new_score = score_fn(mlflow.pyfunc.load_model(model_uri))  # logged by this process moments ago
         decision = promotion_decision(metric, new_score, champion.version if champion else None, champion_score,
                                       cfg.registry.margin)
@@ -202,8 +204,14 @@ def _register(cfg: Config, client: MlflowClient, kind: str, name: str, metric: s
         version = existing
     alias = CHAMPION if is_champion else apply_decision(client, name, str(version.version), decision,
                                                         allow_promotion=promotion_enabled())
-    mlflow.log_metrics({f"{kind}.eval_{metric}": new_score,
-                        **({f"{kind}.champion_eval_{metric}": champion_score} if champion_score is not None else {})})
+    own = {f"{kind}.eval_{metric}": new_score,
+           **({f"{kind}.champion_eval_{metric}": champion_score} if champion_score is not None else {})}
+    if existing is None:
+        # Tied to this model only: without a model id MLflow 3 attaches a run's metrics to every model it logged.
+        mlflow.log_metrics(own, model_id=logged.model_id)
+    else:
+        for key, value in own.items():
+            client.log_metric(mlflow.active_run().info.run_id, key, value)
     mlflow.set_tags({f"{kind}.version": str(version.version), f"{kind}.alias": alias})
     return {
         "name": name, "version": str(version.version), "registered": existing is None,
@@ -215,6 +223,21 @@ def _register(cfg: Config, client: MlflowClient, kind: str, name: str, metric: s
         "uri": f"models:/{name}/{version.version}",
         "classical_baseline": baseline,
     }
+
+
+def _publish_card(client: MlflowClient, cfg: Config, kind: str, entry: dict[str, Any], encoder: str,
+                  eval_hash: str) -> None:
+    """The version's model card: its description in the registry and a markdown artifact of this run; the
+    registered model's own description says what the model is and where the cards are."""
+    facts = CardFacts(kind=kind, name=entry["name"], data_source=cfg.data.source, encoder=encoder,
+                      metric=entry["metric"], score=entry["score"], train_images=entry["train_images"],
+                      eval_images=entry["eval_images"], eval_split=eval_hash, baseline=entry["classical_baseline"],
+                      recommendation=entry["recommendation"], reason=entry["reason"])
+    card = model_card(facts)
+    client.update_model_version(entry["name"], entry["version"], description=card)
+    client.update_registered_model(entry["name"], description=PURPOSE[kind] + " Each version's description is its "
+                                   "model card (training data, evaluation against the classical baseline, limits).")
+    mlflow.log_text(card, f"model_cards/{kind}.md")
 
 
 def run_register(cfg: Config, _args: argparse.Namespace) -> None:
@@ -267,14 +290,17 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         classical_classifier = classical_classifier_score(
             images, train_labels, eval_paths, eval_labels, size=pr.feature_size,
             min_size=sg.object_min_size, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, seed=rg.seed)
-        classifier = _register(
-            cfg, client, "classifier", rg.classifier, "accuracy", classifier_sha256,
-            lambda: log_classifier(encoder_path, probe, **classifier_settings),
-            lambda model: score_classifier(model, eval_paths, eval_labels),
-            {**common_tags, "train.images": len(train_rows), "probe.C": pr.C},
-            baseline=classical_classifier if rg.beat_classical else None,
-        )
-        classifier.update(train_images=len(train_rows), eval_images=len(eval_rows))
+        # Each model is logged in a run of its own: MLflow 3 copies a run's metrics into every model logged in it.
+        with mlflow.start_run(run_name="register classifier", nested=True):
+            classifier = _register(
+                cfg, client, "classifier", rg.classifier, "accuracy", classifier_sha256,
+                lambda: log_classifier(encoder_path, probe, **classifier_settings),
+                lambda model: score_classifier(model, eval_paths, eval_labels),
+                {**common_tags, "train.images": len(train_rows), "probe.C": pr.C},
+                baseline=classical_classifier if rg.beat_classical else None,
+            )
+            classifier.update(train_images=len(train_rows), eval_images=len(eval_rows))
+            _publish_card(client, cfg, "classifier", classifier, encoder_name, eval_hash)
 
         epochs = sg.epochs_for(len(seg_train))
         seg_images = load_image_stack([Path(p) for p in seg_train["path"]], sg.image_size)
@@ -289,15 +315,17 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         seg_eval_paths, seg_eval_masks = seg_eval["path"].tolist(), seg_eval["mask_path"].tolist()
         classical_segmenter = classical_segmenter_scores(sg.classical, seg_images, seg_masks, seg_eval_paths,
                                                          seg_eval_masks, sg.object_min_size)
-        segmenter = _register(
-            cfg, client, "segmenter", rg.segmenter, "dice", segmenter_sha256,
-            lambda: log_segmenter(unet, **segmenter_settings),
-            lambda model: score_segmenter(model, seg_eval_paths, seg_eval_masks),
-            {**common_tags, "train.images": len(seg_train), "train.epochs": epochs, "segment.lr": sg.lr},
-            baseline=(classical_segmenter or None) if rg.beat_classical else None,
-        )
-        segmenter.update(train_images=len(seg_train), eval_images=len(seg_eval), epochs=epochs,
-                         sweep_reference=sweep_reference(json.loads(segment_path.read_text()), encoder_name))
+        with mlflow.start_run(run_name="register segmenter", nested=True):
+            segmenter = _register(
+                cfg, client, "segmenter", rg.segmenter, "dice", segmenter_sha256,
+                lambda: log_segmenter(unet, **segmenter_settings),
+                lambda model: score_segmenter(model, seg_eval_paths, seg_eval_masks),
+                {**common_tags, "train.images": len(seg_train), "train.epochs": epochs, "segment.lr": sg.lr},
+                baseline=(classical_segmenter or None) if rg.beat_classical else None,
+            )
+            segmenter.update(train_images=len(seg_train), eval_images=len(seg_eval), epochs=epochs,
+                             sweep_reference=sweep_reference(json.loads(segment_path.read_text()), encoder_name))
+            _publish_card(client, cfg, "segmenter", segmenter, encoder_name, eval_hash)
 
         report = {
             "encoder_choice": choice,

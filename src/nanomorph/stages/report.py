@@ -13,17 +13,23 @@ import mlflow
 from nanomorph.config import Config
 from nanomorph.report.build import write_report
 from nanomorph.stages._common import stage_main, tracked
+from nanomorph.tracking.runs import log_parent_metrics
 
 
 def run_report(cfg: Config, _args: argparse.Namespace) -> None:
-    with tracked(cfg, "report", ("report",)):
+    with tracked(cfg, "report", ("report",)) as run:
         paths = write_report(Path("metrics"), Path(cfg.report.dir), cfg.profile, cfg.report.probe_report_n,
                              data_source=cfg.data.source,
                              pretraining=(tuple(cfg.pretrain.methods), cfg.pretrain.images))
         for path in paths.values():
             mlflow.log_artifact(str(path), artifact_path="report")
-    headline = json.loads(paths["metrics"].read_text())
-    n = headline["probe"]["labels_per_class"]
+        headline = json.loads(paths["metrics"].read_text())
+        n = headline["probe"]["labels_per_class"]
+        # The pipeline's parent run shows the headline, so pipelines (and DVC experiments) compare in one table.
+        log_parent_metrics(run, {
+            **{f"probe.{m}.median_accuracy.n{n}": v for m, v in headline["probe"]["median_accuracy"].items()},
+            **{f"segment.{m}.median_dice.n{headline['segment']['train_images']}": v
+               for m, v in headline["segment"]["median_dice"].items()}})
     print(f"\nProbe accuracy at {n} labels/class (median over splits):")
     for name, acc in headline["probe"]["median_accuracy"].items():
         print(f"  {name:>14}: {acc:.3f}")

@@ -40,6 +40,7 @@ from nanomorph.segment.figures import overlay_figure
 from nanomorph.segment.morphology import morphology_agreement, morphology_table
 from nanomorph.segment.sweep import SweepRun, segmentation_sweep
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
+from nanomorph.tracking.runs import log_curve
 
 FIGURE_DIR = Path("figures/segment")
 MORPHOLOGY_CSV = Path("metrics/segment_morphology.csv")
@@ -164,6 +165,8 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
         for name, per_n in metrics.items():
             for n, values in per_n.items():
                 mlflow.log_metrics({f"{name}.{k}.{n}": v for k, v in values.items()})
+            for k in ("dice", "iou"):  # curves against the number of training images in the MLflow UI
+                log_curve(f"{name}.median_{k}", {int(n[1:]): values[k] for n, values in per_n.items()})
 
         encoder, n_best = best_encoder(validation, sg.encoders)
         n_kept, test_idx, pred = kept.runs[encoder]

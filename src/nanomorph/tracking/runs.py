@@ -91,6 +91,46 @@ def _parent_run_id(experiment_id: str, key: str, profile: str) -> str:
     return run.info.run_id
 
 
+def dvc_experiment_tags() -> dict[str, str]:
+    """Tags naming the DVC experiment a run belongs to: `dvc exp run` gives its stages the baseline commit
+    (DVC_EXP_BASELINE_REV) and, when named, the experiment's name (DVC_EXP_NAME); empty under plain `dvc repro`."""
+    names = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+    return {tag: os.environ[env] for env, tag in names.items() if os.environ.get(env)}
+
+
+def _log_parent_params(parent_id: str, params: Mapping[str, str]) -> None:
+    """Log `params` on the pipeline's parent run; a key already there keeps its value (same commit and params
+    file give the same parent, so a value can only repeat)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient()
+    present = client.get_run(parent_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in present]
+    for start in range(0, len(new), 100):  # MLflow's batch limit
+        client.log_batch(parent_id, params=new[start:start + 100])
+
+
+def log_curve(name: str, values: Mapping[int, float]) -> None:
+    """Log `values` {label budget: value} as one metric with the budget as its step, so the MLflow UI draws it
+    as a curve against the number of labels (a flat key per budget draws nothing)."""
+    import mlflow
+
+    for step, value in sorted(values.items()):
+        mlflow.log_metric(name, float(value), step=int(step))
+
+
+def log_parent_metrics(run: Any, metrics: Mapping[str, float]) -> None:
+    """Log headline `metrics` on the pipeline's parent run of the active stage `run`."""
+    from mlflow import MlflowClient
+
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if parent_id:
+        client = MlflowClient()
+        for key, value in metrics.items():
+            client.log_metric(parent_id, key, float(value))
+
+
 @contextmanager
 def stage_run(stage: str, *, repo_root: Path, tracking_uri: str, experiment: str, artifact_dir: str,
               profile: str, params_hash: str, params: Mapping[str, Any]) -> Iterator[Any]:
@@ -103,11 +143,16 @@ def stage_run(stage: str, *, repo_root: Path, tracking_uri: str, experiment: str
     parent_id = _parent_run_id(experiment_id, key, profile)
     with mlflow.start_run(run_id=parent_id):
         with mlflow.start_run(run_name=stage, nested=True) as run:
-            mlflow.set_tags({
-                "nanomorph.stage": stage, "nanomorph.profile": profile, "git_commit": commit,
-                "dvc_data_hash": dvc_data_hash(repo_root), "params_hash": params_hash,
-            })
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+            identity = {"git_commit": commit, **dvc_experiment_tags()}
+            mlflow.set_tags({"nanomorph.stage": stage, "nanomorph.profile": profile, **identity,
+                             "dvc_data_hash": dvc_data_hash(repo_root), "params_hash": params_hash})
+            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+            mlflow.log_params(flat)
+            # The parent run carries the identity and every stage's params too, so pipelines compare at that level.
+            client = mlflow.MlflowClient()
+            for key, value in identity.items():
+                client.set_tag(parent_id, key, value)
+            _log_parent_params(parent_id, flat)
             try:
                 yield run
             except (KeyboardInterrupt, StageInterrupted):
