@@ -145,17 +145,28 @@ def test_captions_from_file_names(tmp_path):
 
 @pytest.mark.skipif(BROWSER is None, reason="no chromium/chrome installed (Debian: apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
+    _png(tmp_path / "figures/probe/tsne_simclr.png", (10, 200, 10))
     paths = write_report(_metrics(tmp_path), tmp_path / "reports", "micro", 8,
-                         (tmp_path / "figures/probe", tmp_path / "figures/segment"))
+                         (tmp_path / "figures/probe", tmp_path / "figures/segment"), benchmarks=tmp_path / "none",
+                         pretraining=(("simclr",), "task"))
     shot = tmp_path / "shot.png"
     done = subprocess.run([sys.executable, str(ROOT / "scripts/render_report.py"), str(paths["html"]),
                            "--out", str(shot), "--height", "1500"], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr  # also: no console message, no resource that failed to load
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape == (1500, 1200, 3)
     # Rendered content: dark text pixels and the coloured box plots, not just a white page.
     assert (pixels.sum(axis=2) < 150).mean() > 0.001
     assert (np.ptp(pixels, axis=2) > 60).mean() > 0.001
+
+    # A broken image is caught: the same page with one image's data cut short.
+    page = paths["html"].read_text()
+    broken = tmp_path / "reports" / "broken.html"
+    broken.write_text(page.replace('src="data:image/png;base64,', 'src="missing.png" data-x="', 1))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/render_report.py"), str(broken), "--out",
+                           str(tmp_path / "broken.png"), "--height", "600"], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 2 and "problem" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_headline_puts_learned_beside_classical_random_and_the_paper(tmp_path):
