@@ -216,6 +216,9 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
             row: dict[str, Any] = {"file": shown}
             if classifier is not None:
                 row.update(classifier.predict(frame).iloc[0].to_dict())
+                if row.get("out_of_distribution"):
+                    tqdm.write(f"warning {shown}: unlike every image the classifier was trained on (atypicality "
+                               f"{row['atypicality']:.2f}); its class is unreliable", file=sys.stderr)
             if segmenter is not None:
                 seg = segmenter.predict(frame, params={"tiled": True} if tiled else None).iloc[0]
                 mask = np.asarray(seg["mask"], dtype=bool)
@@ -235,6 +238,8 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
     # floats make the CSV unreadable. The in-memory PredictionRun keeps the rounded values too.
     fractions = [c for c in table.columns if c.startswith("prob_") or c == "density"]
     table[fractions] = table[fractions].round(4)
+    if "atypicality" in table:
+        table["atypicality"] = table["atypicality"].round(3)
     skipped_table = pd.DataFrame(skipped, columns=["file", "reason"])
     files_written = {"predictions": out_dir / "predictions.csv", "skipped": out_dir / "skipped.csv"}
     table.to_csv(files_written["predictions"], index=False)

@@ -18,6 +18,8 @@ from PIL import Image
 from nanomorph.data.io import to_unit_range
 from nanomorph.data.synthetic import CLASSES, generate_nanowire_image
 from nanomorph.models.encoder import random_encoder, save_encoder
+from nanomorph.probe.features import extract_features
+from nanomorph.serving.models import atypicality_limit
 from nanomorph.serving.package import log_classifier, log_segmenter
 from nanomorph.serving.train import train_classifier, train_unet
 from nanomorph.tracking.registry import CHAMPION, Decision, apply_decision, register_version
@@ -90,7 +92,9 @@ def tiny_registry(tmp_path_factory) -> Iterator[TinyRegistry]:
     experiment = mlflow.create_experiment("tiny", artifact_location=(root / "artifacts").as_uri())
     try:
         with mlflow.start_run(experiment_id=experiment):
-            classifier = log_classifier(encoder_path, probe, image_size=SIZE, encoder_name="random")
+            limit = atypicality_limit(probe, extract_features(encoder, images, batch_size=64))
+            classifier = log_classifier(encoder_path, probe, image_size=SIZE, encoder_name="random",
+                                        atypicality_limit=limit)
             segmenter = log_segmenter(unet, arch="resnet18", image_size=SIZE, encoder_name="random", object_min_size=2)
         for name, info in ((CLASSIFIER, classifier), (SEGMENTER, segmenter)):
             version = register_version(info.model_uri, name, {"test": "tiny"})

@@ -163,3 +163,27 @@ def test_predict_takes_the_store_and_model_names_from_the_projects_params(tiny_r
     assert code == 0
     table = pd.read_csv(elsewhere / "out" / "predictions.csv")
     assert len(table) == 1 and {"class", "density"} <= set(table)  # both of the project's champions ran
+
+
+def test_predict_flags_images_unlike_the_classifiers_training_images(tiny_registry, tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    # One of the classifier's own training images, and a drawing that is no micrograph (grey stripes: it passes the
+    # quality gate, which already skips saturated label images).
+    tifffile.imwrite(folder / "training_image.tif", tiny_registry.images[0].astype(np.float32))
+    stripes = 0.5 + 0.3 * np.sin(np.arange(64) / 2.0)[None, :] * np.ones((64, 1))
+    Image.fromarray(np.round(stripes * 255).astype(np.uint8)).save(folder / "stripes.png")
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--model", f"{CLASSIFIER}@champion", "--out", str(out),
+                 "--tracking-uri", tiny_registry.tracking_uri, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    table = pd.read_csv(out / "predictions.csv").set_index("file")
+    assert not table.loc[str(folder / "training_image.tif"), "out_of_distribution"]
+    assert table.loc[str(folder / "stripes.png"), "out_of_distribution"]
+    assert table.loc[str(folder / "stripes.png"), "atypicality"] > table.loc[str(folder / "training_image.tif"),
+                                                                                  "atypicality"]
+    warnings = [line for line in err.splitlines() if line.startswith("warning ")]
+    assert len(warnings) == 1 and "stripes.png" in warnings[0] and "unreliable" in warnings[0]

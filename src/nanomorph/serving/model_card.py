@@ -71,8 +71,10 @@ def model_card(facts: CardFacts) -> str:
         f"Register stage recommendation: {facts.recommendation} ({facts.reason}).",
         "",
         "## Limitations",
-        "- Images unlike the training data (other materials, magnifications, detectors, or label images instead "
-        "of micrographs) get confident but meaningless outputs; check that inputs look like the training images.",
+        "- Images unlike the training data (other materials, magnifications, detectors, or drawings instead of "
+        "micrographs) get confident but meaningless outputs. The classifier flags an input whose features lie "
+        "beyond every training image's (`out_of_distribution`, with its `atypicality`); the segmenter has no such "
+        "check, so look at its overlays.",
         "- Scores come from one evaluation split; the report's sweep over many splits gives their spread.",
         "- Percolation follows the paper's rule on the predicted mask: a few wrong pixels can join or split "
         "clusters, so look at the overlay of borderline images." if facts.kind == "segmenter" else

@@ -63,6 +63,20 @@ def load_probe(path: str | Path):
     return skops.io.load(path, trusted=[])
 
 
+def atypicality(probe, features: np.ndarray) -> np.ndarray:
+    """Root-mean-square z-score of each row of `features` under the probe's own standardisation (the training
+    images' mean and spread): about 1 for an image like the training images, large for one unlike them (a label
+    image, another material or magnification). Cheap, and needs nothing stored beyond the probe."""
+    z = probe.named_steps["scale"].transform(np.asarray(features, dtype=np.float64))
+    return np.sqrt(np.mean(z * z, axis=1))
+
+
+def atypicality_limit(probe, train_features: np.ndarray) -> float:
+    """The largest atypicality among the probe's own training images: an input beyond every one of them is
+    flagged as out of distribution (the envelope of what the probe was fitted on, no tuning)."""
+    return float(atypicality(probe, train_features).max())
+
+
 class NanowireClassifier(mlflow.pyfunc.PythonModel):
     """Frozen ResNet features -> linear softmax probe: class probabilities for nanowire TEM images."""
 
@@ -79,6 +93,8 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
         self.encoder.eval()
         self.probe = load_probe(artifacts["probe"])
         self.classes = [str(c) for c in self.probe.classes_]
+        # Models logged before the out-of-distribution check have no limit: they report no flag.
+        self.atypicality_limit = config.get("atypicality_limit")
         if self.classes != list(config["classes"]):
             raise ValueError(f"probe classes {self.classes} differ from the config's {config['classes']}")
         self.device = _device()
@@ -98,6 +114,10 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
         out = pd.DataFrame({"class": np.asarray(self.classes, dtype=object)[probabilities.argmax(axis=1)]})
         for k, name in enumerate(self.classes):
             out[f"prob_{name}"] = probabilities[:, k].astype(np.float64)
+        if self.atypicality_limit is not None:
+            score = atypicality(self.probe, features) if len(features) else np.zeros(0)
+            out["atypicality"] = score.astype(np.float64)
+            out["out_of_distribution"] = score > self.atypicality_limit
         if params.get("return_embeddings", False):
             out["embedding"] = [row.astype(np.float64).tolist() for row in features]
         return out

@@ -81,9 +81,14 @@ def content_sha256(parts: dict[str, bytes]) -> str:
 
 
 def classifier_config(probe: Pipeline, *, image_size: int, encoder_name: str, stages: tuple[str, ...],
-                      dihedral: bool) -> dict:
-    return {"classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
-            "stages": list(stages), "dihedral": bool(dihedral)}
+                      dihedral: bool, atypicality_limit: float | None = None) -> dict:
+    """`atypicality_limit` (`serving.models.atypicality_limit` of the training features): inputs beyond it are
+    flagged out of distribution; None logs a model without the flag."""
+    config = {"classes": [str(c) for c in probe.classes_], "image_size": int(image_size), "encoder": encoder_name,
+              "stages": list(stages), "dihedral": bool(dihedral)}
+    if atypicality_limit is not None:
+        config["atypicality_limit"] = float(atypicality_limit)
+    return config
 
 
 def classifier_content(encoder_path: str | Path, probe: Pipeline, config: dict) -> str:
@@ -131,7 +136,7 @@ def _log(name: str, code_file: Path, artifacts: dict[str, str], model, params: d
 
 def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int, encoder_name: str,
                    name: str = "classifier", stages: tuple[str, ...] = ("layer4",),
-                   dihedral: bool = False) -> ModelInfo:
+                   dihedral: bool = False, atypicality_limit: float | None = None) -> ModelInfo:
     """Log the classifier (encoder checkpoint + skops probe + config) as a pyfunc model; returns its ModelInfo.
 
     `image_size`, `stages` and `dihedral` say how the probe's features were extracted (`extract_features`)."""
@@ -143,7 +148,8 @@ def log_classifier(encoder_path: str | Path, probe: Pipeline, *, image_size: int
         skops.io.dump(probe, probe_path)
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps(classifier_config(probe, image_size=image_size, encoder_name=encoder_name,
-                                                            stages=stages, dihedral=dihedral), indent=2))
+                                                            stages=stages, dihedral=dihedral,
+                                                            atypicality_limit=atypicality_limit), indent=2))
         encoder_copy = workdir / "encoder.pt"
         shutil.copy2(encoder_path, encoder_copy)
         artifacts = {"encoder": str(encoder_copy), "probe": str(probe_path), "config": str(config_path)}

@@ -51,6 +51,7 @@ from nanomorph.probe.splits import GivenSplit, split_rule, stratified_split
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.serving.model_card import PURPOSE, CardFacts, model_card
+from nanomorph.serving.models import atypicality_limit
 from nanomorph.serving.package import (
     classifier_config, classifier_content, log_classifier, log_segmenter, segmenter_config, segmenter_content,
 )
@@ -284,6 +285,7 @@ def run_register(cfg: Config, _args: argparse.Namespace) -> None:
         probe = fit_linear_probe(features[encoder_name], train_labels, C=pr.C, max_iter=pr.max_iter, seed=rg.seed,
                                  tol=pr.tol)
         classifier_settings = {"image_size": pr.feature_size, "encoder_name": encoder_name,
+                               "atypicality_limit": atypicality_limit(probe, features[encoder_name]),
                                "stages": pr.feature_stages, "dihedral": pr.feature_dihedral}
         classifier_sha256 = classifier_content(encoder_path, probe, classifier_config(probe, **classifier_settings))
         eval_paths, eval_labels = eval_rows["path"].tolist(), eval_rows["label"].to_numpy(dtype=str)
