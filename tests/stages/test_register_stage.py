@@ -160,3 +160,20 @@ def test_a_version_that_does_not_beat_the_classical_baseline_is_never_champion(t
         if not beats:
             assert "does not beat the classical baseline" in entry["reason"]
     shutil.rmtree(project / "mlartifacts", ignore_errors=True)
+
+
+def test_lbfgs_stopping_at_max_iter_is_one_line_and_other_warnings_pass(capsys):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from nanomorph.stages.register import _convergence_in_one_line
+
+    with pytest.warns(UserWarning, match="something else"):
+        with _convergence_in_one_line(1000):
+            for _ in range(3):
+                warnings.warn("lbfgs failed to converge\n" + "details\n" * 8, ConvergenceWarning)
+            warnings.warn("something else", UserWarning)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert "3 probe fit(s) stopped at probe.max_iter=1000" in out

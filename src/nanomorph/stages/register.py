@@ -28,6 +28,9 @@ import argparse
 import hashlib
 import json
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +39,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
 
 from nanomorph.config import Config
@@ -241,7 +245,28 @@ def _publish_card(client: MlflowClient, cfg: Config, kind: str, entry: dict[str,
     mlflow.log_text(card, f"model_cards/{kind}.md")
 
 
-def run_register(cfg: Config, _args: argparse.Namespace) -> None:
+@contextmanager
+def _convergence_in_one_line(max_iter: int) -> Iterator[None]:
+    """scikit-learn writes ten lines per lbfgs fit that stops at max_iter (the deployed probe, the encoder choice's
+    cross-validation folds, the classical probe); say it once, with what it means. Other warnings pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    stopped = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if stopped:
+        print(f"register: {len(stopped)} probe fit(s) stopped at probe.max_iter={max_iter} before probe.tol; they are "
+              "used as they are (raise probe.max_iter to fit tighter)")
+
+
+def run_register(cfg: Config, args: argparse.Namespace) -> None:
+    with _convergence_in_one_line(cfg.probe.max_iter):
+        _run_register(cfg, args)
+
+
+def _run_register(cfg: Config, _args: argparse.Namespace) -> None:
     rg, pt, sg, pr = cfg.registry, cfg.pretrain, cfg.segment, cfg.probe
     segment_path = Path("metrics/segment.json")
     if not segment_path.is_file():
