@@ -1,0 +1,1 @@
+"""Few-shot probes on frozen features: linear and k-NN probes, label-budget sweeps, classical features, statistics."""
