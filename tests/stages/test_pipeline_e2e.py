@@ -129,9 +129,11 @@ def test_changing_one_param_reruns_only_its_dependants(project):
     assert _ran_stages(third.stdout) == {"probe", "register", "report"}
 
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], work, env)
-    assert "median_accuracy" in metrics.stdout
+    headline = json.loads(metrics.stdout)[""]["data"]["reports/headline.json"]["data"]
+    assert any(key.startswith("acc_n") for key in headline) and any(key.startswith("dice_n") for key in headline)
     plots = _run([sys.executable, "-m", "dvc", "plots", "show", "--json"], work, env)
-    assert "probe_summary.csv" in plots.stdout
+    shown = json.loads(plots.stdout)["data"]
+    assert {"probe accuracy vs labels per class", "segmentation dice vs training images"} <= set(shown)
 
 
 @pytest.mark.slow
@@ -146,11 +148,16 @@ def test_exp_run_sets_a_param_and_tracks_nested_mlflow_runs(project):
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["nanomorph"], output_format="list")
+    by_id = {r.info.run_id: r for r in runs}
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    parents = {r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} <= parents
-    assert {r.data.tags["nanomorph.stage"] for r in children} >= {"fetch", "probe", "segment", "report"}
-    assert all(r.data.tags["git_commit"] != "unknown" for r in children)
+    for run in children:  # stage runs hang under a pipeline run; register's per-model runs under the stage run
+        chain = [run]
+        while "mlflow.parentRunId" in chain[-1].data.tags:
+            chain.append(by_id[chain[-1].data.tags["mlflow.parentRunId"]])
+        assert len(chain) <= 3, [r.info.run_name for r in chain]
+    stage_runs = [r for r in children if "nanomorph.stage" in r.data.tags]
+    assert {r.data.tags["nanomorph.stage"] for r in stage_runs} >= {"fetch", "probe", "segment", "report", "register"}
+    assert all(r.data.tags["git_commit"] != "unknown" for r in stage_runs)
 
 
 def _file_md5s(root: Path, outs: list[str]) -> dict[str, str]:
