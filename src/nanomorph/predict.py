@@ -5,7 +5,7 @@
 Folders are searched recursively for png/jpg/jpeg/tif/tiff files; files named on the command line are read
 whatever their suffix. Without --model and --segmenter both champions are used; naming one uses only that
 one. Writes DIR/predictions.csv (file, class, prob_<class>..., density, percolates, objects, overlay), one
-overlay PNG per segmented image (the wire mask in red over the image) under DIR/overlays, and
+overlay PNG per segmented image (the wire mask in red over the image at its own size, a legend strip under it) under DIR/overlays, and
 DIR/skipped.csv listing every file that could not be used and why. A bad file never stops the batch.
 
 `--segmenter classical[:otsu|:local][:darker|:brighter]` segments with a classical threshold instead of a
@@ -159,11 +159,37 @@ def load_registered(ref: ModelRef, uri: str):
     return load_verified(client, ref.name, str(version.version)), version
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """uint8 RGB: the gray image with wire pixels tinted red (alpha blend), same size as the image."""
+def legend_height(width: int, height: int) -> int:
+    """Rows of the legend strip under an overlay: ~4 % of the image's longer side, at least 14 (readable text)."""
+    return max(14, round(0.04 * max(width, height)))
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, caption: str = "") -> np.ndarray:
+    """uint8 RGB: the gray image at its own size with wire pixels tinted red (alpha blend), above a legend strip
+    (`legend_height` rows) that shows the tint's swatch, "wire mask" and `caption` (e.g. the segmenter and density).
+
+    Rows [:H] are exactly the tinted image, so the overlay can be compared pixel for pixel with the input."""
+    from PIL import ImageDraw, ImageFont
+
+    height, width = mask.shape
     rgb = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=2)
     rgb[mask] = (1 - OVERLAY_ALPHA) * rgb[mask] + OVERLAY_ALPHA * OVERLAY_RGB
-    return np.round(rgb * 255).astype(np.uint8)
+    strip = legend_height(width, height)
+    canvas = Image.new("RGB", (width, height + strip), "white")
+    canvas.paste(Image.fromarray(np.round(rgb * 255).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    pad = max(2, strip // 6)
+    swatch = tuple(int(round(255 * ((1 - OVERLAY_ALPHA) + OVERLAY_ALPHA * c))) for c in OVERLAY_RGB)  # on white
+    draw.rectangle([pad, height + pad, pad + strip - 2 * pad, height + strip - pad], fill=swatch, outline="black")
+    text = "wire mask" + (f" - {caption}" if caption else "")
+    room = width - 3 * pad - strip
+    size = max(6, strip - 2 * pad)
+    font = ImageFont.load_default(size=size)
+    if draw.textlength(text, font=font) > room:  # narrow image: smaller letters, never cut
+        size = max(6, int(size * room / draw.textlength(text, font=font)))
+        font = ImageFont.load_default(size=size)
+    draw.text((2 * pad + strip, height + strip / 2), text, fill="black", font=font, anchor="lm")
+    return np.asarray(canvas)
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -226,7 +252,8 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
                            objects=int(seg["objects"]))
                 overlay_dir.mkdir(exist_ok=True)
                 target = overlay_dir / _unique_name(display_path(path.stem), used)
-                Image.fromarray(overlay(image, mask)).save(target)
+                caption = f"density {row['density']:.3f}, " + ("percolates" if row["percolates"] else "does not percolate")
+                Image.fromarray(overlay(image, mask, caption)).save(target)
                 row["overlay"] = display_path(target)
         except _PER_FILE_ERRORS as exc:
             skipped.append({"file": shown, "reason": exc.reason.splitlines()[0]})

@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from nanomorph.cli import main
+from nanomorph.predict import legend_height
 
 from conftest import CLASSIFIER, SEGMENTER
 
@@ -42,7 +43,8 @@ def test_predict_classifies_segments_and_skips_bad_files(tiny_registry, tmp_path
     for _, row in table.iterrows():
         overlay = np.asarray(Image.open(row["overlay"]))
         source = np.asarray(Image.open(row["file"]))
-        assert overlay.shape == (*source.shape[:2], 3)
+        height, width = source.shape[:2]
+        assert overlay.shape == (height + legend_height(width, height), width, 3)  # the image, then its legend
         assert 0.0 <= row["density"] <= 1.0 and row["objects"] >= 0
     skipped = pd.read_csv(out / "skipped.csv").set_index("file")["reason"]
     assert {p.split("/")[-1] for p in skipped.index} == {"broken.png", "empty.tif"}
@@ -97,7 +99,13 @@ def test_predict_with_the_classical_segmenter_needs_no_registry(tmp_path, capsys
     assert "global Otsu, objects darker" in captured.err
     row = pd.read_csv(out / "predictions.csv").iloc[0]
     assert row["objects"] == 1 and row["density"] == round(6 * 70 / (48 * 80), 4)
-    assert np.asarray(Image.open(row["overlay"])).shape == (48, 80, 3)
+    shown = np.asarray(Image.open(row["overlay"]))
+    assert shown.shape == (48 + legend_height(80, 48), 80, 3)
+    tinted = shown[20:26, 5:75].astype(int)        # the wire, tinted red in the image part
+    assert (tinted[..., 0] > tinted[..., 1] + 20).all()
+    assert (shown[:20, :, 0] == shown[:20, :, 1]).all()  # the background stays gray
+    legend = shown[48:]
+    assert (legend < 128).any() and (legend == 255).any()  # text and swatch drawn on a white strip
 
 
 def test_predict_classical_spec_mistake_is_one_line(tmp_path, capsys):
