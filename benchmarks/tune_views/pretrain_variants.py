@@ -2,10 +2,11 @@
 
 The default data under generator seed 1 (the report shows seed 0): 384 generic EM images + the 400 nanowire
 images (unlabelled), decoded at 128 px, pretrained with the cpu profile's settings except the views given per
-spec `method:views[:lo-hi[:epochs[:images[:bf16]]]]` -- views `paper` (the paper's crop + h-flip + jitter), `d4` (+ vertical flip and
+spec `method:views[:lo-hi[:epochs[:images[:bf16[:temperature]]]]]` -- views `paper` (the paper's crop + h-flip + jitter), `d4` (+ vertical flip and
 quarter turns), `em` (d4 + blur p 0.5 sigma <= 1.5 + noise std <= 0.1); `lo-hi` the crop side fraction;
 `epochs` (default: the profile's); `images` all (generic + task, default) | task (the 400 nanowire images only);
-`bf16`: pretrain under CPU bf16 autocast (pretrain.cpu_bf16).
+`bf16`: pretrain under CPU bf16 autocast (pretrain.cpu_bf16); `temperature`: SimCLR's NT-Xent temperature
+(default: the profile's).
 Encoders go to WORK/<method>-<views><lo-hi>[-e<epochs>][-<images>].pt; the stacks to WORK/stacks.npz for
 readouts.py.
 
@@ -47,14 +48,15 @@ VIEWS = {"paper": PAPER, "d4": {**PAPER, "dihedral": True},
          "em": dict(dihedral=True, blur_p=0.5, blur_sigma=1.5, noise_std=0.1)}
 for spec in sys.argv[1:]:
     method, views, *rest = spec.split(":")
-    crop, epochs, data, precision = (rest + [None] * 4)[:4]
+    crop, epochs, data, precision, temperature = (rest + [None] * 5)[:5]
     crop_side = tuple(float(c) for c in crop.split("-")) if crop else (0.25, 0.5)  # default: the paper's
     epochs = int(epochs) if epochs else p.epochs
     variant = dataclasses.replace(cfg, pretrain=dataclasses.replace(p, crop_side=crop_side, epochs=epochs,
-                                                                    cpu_bf16=precision == "bf16", **VIEWS[views]))
+                                                                    cpu_bf16=precision == "bf16", **VIEWS[views],
+                                                                    temperature=float(temperature or p.temperature)))
     t0 = time.perf_counter()
     encoder, last = pretrained_encoder(IMAGES[data or "all"], variant, method, p.seed)
     name = f"{method}-{views}{crop or ''}" + (f"-e{epochs}" if epochs != p.epochs else "") + (f"-{data}" if data else "") \
-        + (f"-{precision}" if precision else "")
+        + (f"-{precision}" if precision else "") + (f"-t{temperature}" if temperature else "")
     save_encoder(out / f"{name}.pt", encoder, {})
     print(spec, f"{time.perf_counter() - t0:.0f}s", last, flush=True)
