@@ -1,6 +1,6 @@
 """One entry point for fitting many linear probes: the batched solver, scikit-learn per probe, or the paper's.
 
-* `batched` (default): every probe at once, exact L-BFGS in float64 (`nanomorph.probe.batched`).
+* `batched` (default): every probe at once, exact Newton in the dual form in float64 (`nanomorph.probe.batched`).
 * `sklearn`: one scikit-learn `LogisticRegression` per probe (`fit_linear_probe`), the reference the batched
   solver is tested against; same objective, same C, same gradient tolerance.
 * `paper`: the paper's training of its probe, one probe at a time: a torch linear softmax layer, Adam
