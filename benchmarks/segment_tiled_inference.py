@@ -1,24 +1,32 @@
-"""Throughput, memory and fidelity of sliding-window U-Net inference (nanomorph.segment.tiling) on large images.
+"""Throughput, memory and fidelity of tiled U-Net inference (nanomorph.segment.tiling) on large images.
 
 Model. The 1-channel U-Net (--arch encoder, frozen randomly initialised encoder as in the pipeline's `random`
 row) is first trained briefly and seeded (--train-epochs over --train-crops random 128 px crops of
 --train-images synthetic nanowire images of side --train-side), so that the fidelity numbers describe a
-model that segments, not random weights (speed and memory do not depend on the weights). The synthetic
-generator scales wire widths with the image side, so the model is in-distribution for test images of side
---train-side (default 1024, the side the fidelity is read at).
+model that segments, not random weights (speed and memory do not depend on the weights).
 
-For every image side in --sizes, in a FRESH process (so peak RSS belongs to that measurement alone): load
-the trained U-Net and a synthetic side x side nanowire image (seeded, generated once in the parent), run
-`tiled_probabilities` once untimed on a small image (warm-up), then time it on the full image. Reported:
-megapixels of IMAGE per second, tiles per second, peak RSS of the process (VmHWM) and the RSS before
-inference (model + image), so the difference is what inference added. For sides up to --whole-max,
-whole-image inference (`whole_image_probabilities`: one forward pass on the image padded to a multiple of
-32) is measured the same way, with the fidelity of tiled inference to it: max and mean |tiled - whole|
-probability, the fraction of pixels whose 0.5-thresholded masks agree, and the dice of the tiled mask against
-the whole-image mask (a U-Net sees hundreds of pixels of context, so the two differ near tile seams; they
-are equal for local models and for images that fit one tile, see tests/segment/test_tiling*.py).
+Images. A synthetic nanowire image of side --train-side (in distribution for the model); larger sides are
+mirror mosaics of it (np.pad "symmetric": continuous content, same wire scale), as the generator takes
+~150 s at 4096 px and content does not change time or memory.
 
-    python benchmarks/segment_tiled_inference.py --sizes 1024 4096
+For every side in --sizes, in a FRESH process (so its peak RSS belongs to that measurement alone): load the
+trained U-Net and the image, run `tiled_probabilities` (default core --tile-size, halo from the model's
+receptive field) once untimed on a 64 px crop (warm-up), then time it once on the full image. Reported:
+megapixels of IMAGE per second, tiles, the largest model input side, the pixels the network processed
+relative to the image (halo recomputation), and memory: peak RSS of the process (VmHWM, /proc), the RSS
+before inference (model + image + warm-up) and `inference_mib` = peak - before - output, the working set of
+one window (input + activations), which is bounded by the largest window, not by the side.
+
+For sides up to --whole-max, whole-image inference (`whole_image_probabilities`: one forward pass on the
+image padded to a multiple of 32) is measured the same way in another fresh process, which then makes
+`interleaved`: --repeats alternating runs of whole-image and tiled inference, best of each, for the
+throughput ratio (the cores are shared with other jobs: separate processes can meet different loads,
+alternating runs meet the same). Fidelity of tiled to whole-image inference: max and mean |tiled - whole|
+probability (held to TOLERANCE), the fraction of pixels whose 0.5-thresholded masks agree, and dice. At
+--seam-side the image is also tiled with --seam-tile-size cores (`seams`), so that there are seams to test
+where the default tile is the whole image. `summary` collects the headline numbers.
+
+    python benchmarks/segment_tiled_inference.py            # 1024 2048 4096 8192, whole up to 2048
 """
 
 from __future__ import annotations
@@ -41,14 +49,14 @@ from nanomorph.data.synthetic import CLASSES, generate_nanowire_image
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.sweep import seeded_unet
 from nanomorph.segment.tiling import (
-    DEFAULT_BATCH_SIZE, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, tile_origins, tiled_probabilities,
-    whole_image_probabilities,
+    DEFAULT_TILE_SIZE, axis_tiles, default_halo, padded_length, tiled_probabilities, whole_image_probabilities,
 )
 from nanomorph.segment.train import train_segmenter
 
 TRAIN_CROP = 128
 TRAIN_LR = 3e-3  # Adam; reaches test dice ~0.8-0.9 on 128 px synthetic images within ~20 epochs
 TRAIN_BATCH = 8
+TOLERANCE = 1e-4  # max |p_tiled - p_whole|: float32 summation order only (nanomorph.segment.tiling)
 
 
 def _rss_mib() -> float:
@@ -61,7 +69,7 @@ def _peak_rss_mib() -> float:
     """Peak resident set size of this process (Linux VmHWM), MiB.
 
     Not getrusage's ru_maxrss: Linux carries that over exec from the parent, so a spawned measuring process
-    would report the parent's peak (here: generating a 4096 px synthetic image) as its own.
+    would report the parent's peak (here: generating the synthetic images) as its own.
     """
     with open("/proc/self/status") as f:
         for line in f:
@@ -74,6 +82,12 @@ def synthetic_image(side: int, seed: int, morphology: str = "network") -> tuple[
     """A [0, 1] float32 synthetic nanowire image of side x side and its wire mask."""
     image, mask = generate_nanowire_image(morphology, side, np.random.default_rng(seed))
     return to_unit_range(image).astype(np.float32), mask
+
+
+def mirror_mosaic(array: np.ndarray, side: int) -> np.ndarray:
+    """`array` cropped or extended to side x side by mirrored copies of itself (continuous across them)."""
+    array = array[:side, :side]
+    return np.pad(array, [(0, side - array.shape[0]), (0, side - array.shape[1])], mode="symmetric")
 
 
 def random_crops(images: list[np.ndarray], masks: list[np.ndarray], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,34 +117,53 @@ def _setup(arch: str, model_path: Path, image_path: Path):
     return model.eval(), np.load(image_path)
 
 
-def measure_tiled(arch: str, model_path: Path, image_path: Path, tile_size: int, overlap: int, margin: int,
-                  batch_size: int) -> tuple[dict, np.ndarray | None]:
-    torch.set_grad_enabled(False)
-    model, image = _setup(arch, model_path, image_path)
-    side = image.shape[0]
-    kwargs = dict(tile_size=tile_size, overlap=overlap, margin=margin, batch_size=batch_size)
-    tiled_probabilities(model, image[:64, :64], **kwargs)  # warm-up: first-call allocations, kernels
+def _timed(fn, model, image: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Time fn(model, image) after an untimed warm-up on a 64 px crop; RSS before and peak, MiB."""
+    fn(model, image[:64, :64])  # warm-up: first-call allocations, kernels, the cached halo
     before = _rss_mib()
     started = time.perf_counter()
-    prob = tiled_probabilities(model, image, **kwargs)
+    prob = fn(model, image)
     seconds = time.perf_counter() - started
-    tiles = len(tile_origins(side, side, tile_size, overlap))
-    out = {"seconds": seconds, "megapixels_per_s": side * side / 1e6 / seconds, "tiles": tiles,
-           "tiles_per_s": tiles / seconds, "rss_before_mib": before, "peak_rss_mib": _peak_rss_mib()}
-    return out, prob if side <= 2048 else None
-
-
-def measure_whole(arch: str, model_path: Path, image_path: Path) -> tuple[dict, np.ndarray]:
-    torch.set_grad_enabled(False)
-    model, image = _setup(arch, model_path, image_path)
     side = image.shape[0]
-    whole_image_probabilities(model, image[:64, :64])  # warm-up
-    before = _rss_mib()
-    started = time.perf_counter()
-    prob = whole_image_probabilities(model, image)
-    seconds = time.perf_counter() - started
+    peak, output = _peak_rss_mib(), prob.nbytes / 2**20
     return {"seconds": seconds, "megapixels_per_s": side * side / 1e6 / seconds, "rss_before_mib": before,
-            "peak_rss_mib": _peak_rss_mib()}, prob
+            "peak_rss_mib": peak, "output_mib": output, "inference_mib": peak - before - output}, prob
+
+
+def measure_tiled(arch: str, model_path: Path, image_path: Path, tile_size: int) -> tuple[dict, np.ndarray | None]:
+    torch.set_grad_enabled(False)
+    model, image = _setup(arch, model_path, image_path)
+    out, prob = _timed(lambda m, x: tiled_probabilities(m, x, tile_size=tile_size), model, image)
+    halo = default_halo(model)
+    tiles = axis_tiles(image.shape[0], tile_size, halo)
+    processed = sum(stop - start for start, stop, _, _ in tiles)
+    out.update({"tile_size": tile_size, "halo": halo, "tiles": len(tiles) ** 2,
+                "max_window_side": max(stop - start for start, stop, _, _ in tiles),
+                "processed_pixels_vs_image": (processed / padded_length(image.shape[0])) ** 2})
+    return out, prob if image.shape[0] <= 2048 else None
+
+
+def measure_whole(arch: str, model_path: Path, image_path: Path, tile_size: int,
+                  repeats: int) -> tuple[dict, np.ndarray, dict]:
+    """Whole-image inference's time and memory (its first run), then the throughput ratio from `repeats`
+    alternating runs of whole-image and tiled inference, best of each: the cores are shared with other jobs,
+    so separate processes can meet different loads; alternating runs meet the same, and the best run of each
+    is its least disturbed one."""
+    torch.set_grad_enabled(False)
+    model, image = _setup(arch, model_path, image_path)
+    whole, prob = _timed(whole_image_probabilities, model, image)
+    tiled_probabilities(model, image[:64, :64], tile_size=tile_size)  # warm-up
+    runs = {"whole_seconds": [], "tiled_seconds": []}
+    for _ in range(repeats):
+        for key, fn in (("whole_seconds", lambda: whole_image_probabilities(model, image)),
+                        ("tiled_seconds", lambda: tiled_probabilities(model, image, tile_size=tile_size))):
+            started = time.perf_counter()
+            fn()
+            runs[key].append(time.perf_counter() - started)
+    ratio = min(runs["whole_seconds"]) / min(runs["tiled_seconds"])
+    # Second opinion: the median over repetitions of whole / tiled time of runs made back to back.
+    pairs = float(np.median(np.array(runs["whole_seconds"]) / np.array(runs["tiled_seconds"])))
+    return whole, prob, {**runs, "throughput_ratio_tiled_vs_whole": ratio, "median_pair_ratio": pairs}
 
 
 def fidelity(tiled_prob: np.ndarray, whole_prob: np.ndarray, truth: np.ndarray) -> dict:
@@ -142,6 +175,7 @@ def fidelity(tiled_prob: np.ndarray, whole_prob: np.ndarray, truth: np.ndarray) 
     diff = np.abs(tiled_prob - whole_prob)
     tiled_mask, whole_mask = tiled_prob > 0.5, whole_prob > 0.5
     return {"max_abs_diff_vs_tiled": float(diff.max()), "mean_abs_diff_vs_tiled": float(diff.mean()),
+            "within_tolerance": float(diff.max() <= TOLERANCE),
             "mask_agreement_vs_tiled": float((tiled_mask == whole_mask).mean()),
             "dice_tiled_vs_whole": dice_iou(tiled_mask, whole_mask)[0],
             "dice_whole_vs_truth": dice_iou(whole_mask, truth)[0],
@@ -158,21 +192,49 @@ def _in_fresh_process(threads: int, fn, *args):
         return pool.apply(fn, args)
 
 
+def summarise(results: dict) -> dict:
+    """Headline numbers: throughput ratio and max |diff| where whole-image inference ran, memory per side."""
+    summary = {"tolerance": TOLERANCE, "throughput_ratio_tiled_vs_whole": {}, "max_abs_diff": {},
+               "peak_rss_mib": {}, "inference_mib": {}}
+    for side, entry in results.items():
+        summary["peak_rss_mib"][side] = entry["tiled"]["peak_rss_mib"]
+        summary["inference_mib"][side] = entry["tiled"]["inference_mib"]
+        if "whole" in entry:
+            summary["throughput_ratio_tiled_vs_whole"][side] = \
+                entry["interleaved"]["throughput_ratio_tiled_vs_whole"]
+            summary["max_abs_diff"][side] = entry["whole"]["max_abs_diff_vs_tiled"]
+        if "seams" in entry:
+            seams = entry["seams"]
+            summary["max_abs_diff"][f"{side}_tile{seams['tile_size']}"] = seams["max_abs_diff_vs_tiled"]
+    return summary
+
+
 def log_to_mlflow(params: dict, metrics: dict) -> None:
     with benchmark_run("segment_tiled_inference") as mlflow:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
-    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
-    parser.add_argument("--margin", type=int, default=DEFAULT_MARGIN)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--whole-max", type=int, default=1024, help="also time whole-image inference up to this side")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="core side of a tile")
+    parser.add_argument("--whole-max", type=int, default=2048, help="also time whole-image inference up to this side")
+    parser.add_argument("--seam-side", type=int, default=1024)
+    parser.add_argument("--seam-tile-size", type=int, default=256,
+                        help="core side for the seam check at --seam-side (1024 > 256 + 2 x halo 352: 2 x 2 tiles)")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating whole/tiled runs for the throughput ratio")
     parser.add_argument("--train-side", type=int, default=1024, help="side of the synthetic training images")
     parser.add_argument("--train-images", type=int, default=4)
     parser.add_argument("--train-crops", type=int, default=64)
@@ -190,29 +252,36 @@ def main() -> None:
         # Trained here, not in a measured process: the measurements load the saved weights.
         train_benchmark_model(args.arch, args.train_side, args.train_images, args.train_crops, args.train_epochs,
                               args.seed, model_path)
-        print(f"trained the benchmark U-Net in {time.perf_counter() - started:.0f} s", flush=True)
+        base_image, base_truth = synthetic_image(args.train_side, args.seed)
+        print(f"trained the benchmark U-Net and made the test image in {time.perf_counter() - started:.0f} s",
+              flush=True)
         for side in args.sizes:
             image_path = Path(scratch) / f"image_{side}.npy"
-            image, truth = synthetic_image(side, args.seed)
-            np.save(image_path, image)
-            del image
+            np.save(image_path, mirror_mosaic(base_image, side))
             tiled, tiled_prob = _in_fresh_process(args.threads, measure_tiled, args.arch, model_path, image_path,
-                                                  args.tile_size, args.overlap, args.margin, args.batch_size)
+                                                  args.tile_size)
             entry = {"tiled": tiled}
             if side <= args.whole_max:
-                whole, whole_prob = _in_fresh_process(args.threads, measure_whole, args.arch, model_path, image_path)
+                truth = mirror_mosaic(base_truth, side)
+                whole, whole_prob, entry["interleaved"] = _in_fresh_process(
+                    args.threads, measure_whole, args.arch, model_path, image_path, args.tile_size, args.repeats)
                 entry["whole"] = {**whole, **fidelity(tiled_prob, whole_prob, truth)}
+                if side == args.seam_side:
+                    seams, seams_prob = _in_fresh_process(args.threads, measure_tiled, args.arch, model_path,
+                                                          image_path, args.seam_tile_size)
+                    entry["seams"] = {**seams, **fidelity(seams_prob, whole_prob, truth)}
             results[str(side)] = entry
             print(side, json.dumps(entry), flush=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     machine = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                "load_average_1min_at_end": os.getloadavg()[0],  # shared cores: context for the timings
                "python": platform.python_version(), "device": "cpu"}
+    summary = summarise(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"params": params, "machine": machine, "results": results}, indent=2) + "\n")
-    metrics = {f"{mode}.{side}.{k}": v for side, entry in results.items() for mode, values in entry.items()
-               for k, v in values.items()}
-    log_to_mlflow({k: str(v) for k, v in params.items()}, metrics)
+    args.out.write_text(json.dumps({"params": params, "machine": machine, "summary": summary, "results": results},
+                                   indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    log_to_mlflow({k: str(v) for k, v in params.items()}, _flatten({"summary": summary, **results}))
 
 
 if __name__ == "__main__":

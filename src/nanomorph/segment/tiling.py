@@ -1,87 +1,61 @@
-"""Sliding-window inference: a probability map for an image of any size with bounded model memory.
+"""Tiled inference: the whole-image probability map of an image of any size, with bounded model memory.
 
 Reference. "Whole-image inference" (`whole_image_probabilities`) is one forward pass on the whole image,
 reflect-padded after (bottom, right) to a multiple of 32 and cropped back; for sides that are multiples of
-32 it is exactly `nanomorph.segment.train.predict_probabilities`. Tiled inference approximates it with
-model inputs of at most `tile_size` x `tile_size`.
+32 it is exactly `nanomorph.segment.train.predict_probabilities`. Its memory grows with the image (about
+0.4 kB per pixel for a resnet18 U-Net on CPU: ~7 GB at 4096^2).
 
-Layout. The image is padded the same way as the reference (to a multiple of 32, and no further), and each
-axis is covered by tiles of `tile_size` (or by one tile of the padded side, if that is smaller) whose origins
-are evenly spread multiples of 32, flush with both ends, neighbours sharing at least `overlap` pixels. Tiles
-go through the model `batch_size` at a time, so the model only ever sees (<= batch_size, 1, <= tile_size,
-<= tile_size) inputs; beyond the model, memory is the padded image plus two float32 accumulators of its size.
-Two properties of the layout matter for a U-Net:
-  * origins are multiples of 32, the U-Net's total downsampling, so every tile's pooling and strided
-    convolutions sample the same pixel phase as whole-image inference (with other origins the deep features
-    are computed on a shifted grid and differ even far from any tile edge);
-  * there is no padding around the image beyond the reference's, so the tiles on the image border see it
-    exactly as whole-image inference does (the network's own zero padding), not mirrored content.
+Tiles. Along each padded axis the image is cut into cores (the pixels a tile outputs) and each core is run
+with a halo of real pixels on both sides, except where the core meets the image border, which is the
+border of the whole image too; the output keeps only the core (no blending). A forward pass thus sees a
+window of at most `tile_size + 2 * halo` per side. Three things make a window's core equal to the same
+pixels of whole-image inference:
+  * the halo covers the network's receptive field (`receptive_radius`), so every core pixel is computed
+    from the same input pixels, and the zero padding at a window edge inside the image does not reach it;
+  * window origins are multiples of 32, the U-Net's total stride, so pooling and strided convolutions sample
+    the same pixel phase as in the whole image;
+  * windows at the image border see the padding whole-image inference sees (reflect padding to a multiple of
+    32, then the network's own zero padding): windows are cut from the reflect-padded image, so no other
+    padding ever enters. BatchNorm in eval mode is a fixed per-channel affine map, so it does not care
+    where a window lies.
+Tiled and whole-image inference then do the same arithmetic per output pixel, up to the order of float32
+sums inside convolutions, which oneDNN/cuDNN may choose per input size. The stated tolerance is
+max |p_tiled - p_whole| <= 1e-4 (tests, benchmarks/segment_tiled_inference.py); measured on CPU it is 0,
+bit for bit, at 1024^2 and 2048^2 with the trained resnet18 U-Net and in every test. An image whose padded
+sides fit in one window is one forward pass identical to whole-image inference.
 
-Blend. Along an axis, between two neighbouring tiles the weight passes from the first to the second over a
-ramp (cosine or linear) of `overlap - 2 * margin` pixels centred in their shared span; each tile's weight is
-the difference of the ramps into and out of it, so the weights of all tiles telescope to exactly 1 at every
-pixel (a partition of unity), and a tile only ever gets weight at pixels at least `margin` from its edges
-(edges on the image border excepted: there the whole image ends too). 2-D weights are the outer product.
+Cost. Tiling recomputes the halos: along an axis of padded length P split into n cores the network sees
+P + 2 * halo * (n - 1) pixels. The resnet18 U-Net's receptive radius is 344 px (halo 352), so with the
+default 1024 px core a 1024^2 image is one pass (1.0x whole-image compute), 2048^2 costs 1.8x, 4096^2 2.3x
+and 8192^2 2.6x; a larger `tile_size` lowers that at the price of memory per window. A smaller explicit
+`halo` is cheaper but no longer exact near seams.
 
-Exactness. If the image fits in one tile (both padded sides <= tile_size), tiled inference IS whole-image
-inference: one identical forward pass, equal bit for bit. For a model whose output depends only on inputs
-within `margin` pixels (a local, fully-convolutional model) tiled inference equals whole-image inference at
-every pixel up to float rounding (1e-5), whatever the size (tests/segment/test_tiling.py).
-
-Tolerance for a U-Net (approximate). A ResNet U-Net's receptive field spans hundreds of pixels (the
-bottleneck sees the whole tile), far beyond any margin, so pixels near a seam are computed with less context
-than in the whole image. BatchNorm is not a cause: the model runs in eval mode, so tiles in a batch do not
-interact and normalisation is a fixed per-channel affine map. The difference is largest where the whole-image
-probability is near 0.5, so single pixels can change by a lot while masks barely change. Measured on 1024 px
-synthetic nanowire images with three briefly trained resnet18 U-Nets (trained or frozen random encoder, trained
-on whole 128 px images or on 128 px crops; 1-2 images each, benchmarks/segment_tiled_inference.py):
-  * defaults (tile 512, overlap 64, margin 16): mean |p_tiled - p_whole| <= 0.001, 0.5-thresholded masks
-    agree on >= 99.9 % of pixels, dice(tiled mask, whole mask) >= 0.997; max |p_tiled - p_whole| 0.03-0.75,
-    at isolated pixels. Images up to 512 px are one tile: exact.
-  * tile 256 (same overlap and margin): agreement 99.4-99.9 % and dice 0.965-0.993 for the models trained on
-    whole images, but only 88.7 % and 0.84 for the frozen-encoder model trained on crops (whose whole-image
-    masks were in fact the worse ones against the truth: dice 0.64 vs 0.78 tiled, as whole 1024 px inputs are
-    further from its training inputs than tiles are). A 256 tile's bottleneck is 8 x 8 cells whose receptive
-    fields all reach past the tile edge; how much the missing context matters depends on the model, and the
-    tile size is the setting that decides the tolerance.
-  * overlap and margin matter less, once the image border is padded as in whole-image inference and origins
-    lie on the 32-pixel grid. Tile 128 on 512 px images, overlap 0 / 32 / 64 / 64 with margin 0 / 0 / 0 / 16:
-    agreement 98.9 / 99.5 / 99.6 / 99.7 % (trained encoder) and 97.1 / 97.7 / 98.2 / 98.3 % (frozen).
-tests/segment/test_tiling_trained_unet.py holds a U-Net trained for seconds to mean |diff| <= 0.005,
-agreement >= 99.5 % and dice >= 0.98 per image with 64 px tiles (overlap 32, margin 8) on 192 px images, and
-checks that abutting tiles (overlap 0) fail that.
+Memory. Beyond the model, the large buffers are the image (the caller's; a memmap works, only windows are
+read), the output (float32 probabilities, or a boolean mask from `tiled_mask`; `out=` can be a memmap) and
+one window with its activations, whose size does not depend on the image.
 """
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from nanomorph.models.encoder import normalise
 from nanomorph.segment.model import channels_last_inference
 
-WINDOWS = ("cosine", "linear")
-# smp's U-Net halves the resolution five times and concatenates skips: tile sides, tile origins and the
-# padded image sides are multiples of 32.
+# smp's U-Net halves the resolution five times and concatenates skips: window origins, halos and padded image
+# sides are multiples of 32.
 TILE_MULTIPLE = 32
-# Defaults chosen from the measurements in the module docstring.
-DEFAULT_TILE_SIZE = 512
-DEFAULT_OVERLAP = 64
-DEFAULT_MARGIN = 16
-DEFAULT_BATCH_SIZE = 4
-
-
-def ramp(span: int, kind: str = "cosine") -> np.ndarray:
-    """Weights rising from ~0 to ~1 over `span` pixels, sampled at pixel centres: r[i] + r[span-1-i] == 1."""
-    if kind not in WINDOWS:
-        raise ValueError(f"unknown window '{kind}' (choose from {', '.join(WINDOWS)})")
-    if span < 0:
-        raise ValueError(f"ramp span must be >= 0, got {span}")
-    t = (np.arange(span) + 0.5) / max(span, 1)
-    return 0.5 * (1.0 - np.cos(np.pi * t)) if kind == "cosine" else t
+# Core side: 1024^2 images are one pass, and a resnet18 U-Net window is at most 1728 px (~1.4 GB on CPU).
+DEFAULT_TILE_SIZE = 1024
+PROBE_SIDE = 64  # input side of the forward pass that `receptive_radius` observes
+_HALOS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()  # `default_halo` per model
 
 
 def padded_length(length: int) -> int:
@@ -89,92 +63,100 @@ def padded_length(length: int) -> int:
     return -(-length // TILE_MULTIPLE) * TILE_MULTIPLE
 
 
-def axis_tiles(length: int, tile_size: int, overlap: int) -> tuple[list[int], int]:
-    """(origins, tile length) of the tiles along one axis of `length` image pixels.
+def receptive_radius(model: nn.Module, device: str | torch.device = "cpu") -> int:
+    """An upper bound, in input pixels, on how far from an output pixel the inputs it depends on can lie.
 
-    The padded axis fits in one tile: one tile of the padded length. Otherwise the fewest tiles of
-    `tile_size` whose neighbours share >= `overlap` pixels, first at 0, last ending at the padded end, origins
-    multiples of 32 spread as evenly as that allows (so shared spans lie between `overlap` and
-    `tile_size - 32`).
+    One forward pass on a PROBE_SIDE^2 input records every Conv2d / MaxPool2d / AvgPool2d layer with its
+    stride relative to the input (`jump`). Along any path through the network the reach adds up layer by
+    layer, and every path (U-Net skips included) uses a subset of the layers, so the sum of all layers'
+    reaches bounds it. Upsampling (a function in smp's decoder, so not seen here) shifts the reach by less than
+    one coarse cell per level for nearest or bilinear 2x upsampling, which sums to under twice the largest
+    stride. Other spatial operations (transposed convolutions, attention) are not covered: pass `halo`.
+    For smp's resnet18 U-Net: 280 + 2 * 32 = 344 (the gradient of single outputs reaches at most 296 px).
+    """
+    reach = 0
+    jumps = [0]
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal reach
+        jump = math.ceil(PROBE_SIDE / inputs[0].shape[-1])
+        kernel, dilation = _pair(module.kernel_size), _pair(getattr(module, "dilation", 1))
+        # 'same' / 'valid' padding: bound by the whole kernel extent
+        padding = (0, 0) if isinstance(module.padding, str) else _pair(module.padding)
+        # A layer maps output m to inputs stride * m - padding + [0, (kernel - 1) * dilation].
+        reach += jump * max(max(p, (k - 1) * d - p) for k, d, p in zip(kernel, dilation, padding))
+        jumps.append(jump)
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with channels_last_inference(model, device):
+            model(torch.zeros(1, 1, PROBE_SIDE, PROBE_SIDE, device=device).contiguous(
+                memory_format=torch.channels_last))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return reach + 2 * max(jumps)
+
+
+def default_halo(model: nn.Module, device: str | torch.device = "cpu") -> int:
+    """`receptive_radius` rounded up to a multiple of 32: the halo that makes tiles exact.
+
+    Cached per model object (the radius depends on the layers, not the weights): the probe's forward pass and
+    layout changes cost ~0.1 s, 10 % of a 1024^2 image's inference on a CPU.
+    """
+    if model not in _HALOS:
+        _HALOS[model] = padded_length(receptive_radius(model, device))
+    return _HALOS[model]
+
+
+def axis_tiles(length: int, tile_size: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """(window start, window stop, core start, core stop) of the tiles along an axis of `length` image pixels.
+
+    Positions are in the padded axis (`padded_length(length)` = P), multiples of 32. If P fits in one window
+    (P <= tile_size + 2 * halo) there is one tile, the whole axis. Otherwise the fewest cores whose windows
+    (core plus `halo` on each side, clipped to [0, P)) are at most tile_size + 2 * halo long: n windows
+    overlapping by 2 * halo span n * window - 2 * halo * (n - 1), so n = ceil((P - 2 * halo) / tile_size).
+    Cores are spread so the windows are as equal as the 32-pixel grid allows: the core boundaries divide
+    [halo, P - halo) into n near-equal parts (the two border windows need a halo on one side only).
     """
     padded = padded_length(length)
-    if padded <= tile_size:
-        return [0], padded
-    max_stride = (tile_size - overlap) // TILE_MULTIPLE * TILE_MULTIPLE
-    span_units = (padded - tile_size) // TILE_MULTIPLE
-    steps = -(-(padded - tile_size) // max_stride)
-    # Round half up in whole units of 32; consecutive origins then differ by at most max_stride.
-    return [TILE_MULTIPLE * ((2 * k * span_units + steps) // (2 * steps)) for k in range(steps + 1)], tile_size
+    if padded <= tile_size + 2 * halo:
+        return [(0, padded, 0, padded)]
+    units, halo_units = padded // TILE_MULTIPLE, halo // TILE_MULTIPLE
+    n = -(-(units - 2 * halo_units) // (tile_size // TILE_MULTIPLE))
+    # Round half up in units of 32; consecutive boundaries differ by 1..tile_size/32 units as n is minimal.
+    inner = [halo_units + (2 * k * (units - 2 * halo_units) + n) // (2 * n) for k in range(1, n)]
+    bounds = [TILE_MULTIPLE * b for b in [0, *inner, units]]
+    return [(max(0, start - halo), min(padded, stop + halo), start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-def _rise_on(rise: np.ndarray, start: int, origin: int, length: int) -> np.ndarray:
-    """A step from 0 to 1 that follows `rise` from axis position `start` on, seen on [origin, origin + length)."""
-    # Index 0 is the 0 before the rise, len(rise) + 1 the 1 after it; an empty rise is a hard step.
-    levels = np.concatenate([[0.0], rise, [1.0]])
-    return levels[np.clip(np.arange(origin, origin + length) - start + 1, 0, len(rise) + 1)]
+def _reflect(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices into an axis of `length` of positions [start, stop) of that axis reflect-padded after it.
 
-
-def axis_weights(origins: list[int], tile_length: int, overlap: int, margin: int = 0,
-                 kind: str = "cosine") -> list[np.ndarray]:
-    """Per-tile blending weights (length `tile_length`, float64) along one axis; they sum to 1 at every pixel.
-
-    With rise_i the step from 0 to 1 (a ramp of `overlap - 2 * margin` pixels centred in the span tile i
-    shares with tile i-1), rise_0 = 1 and rise_n = 0, tile i weighs rise_i - rise_{i+1}: the sum telescopes
-    to 1, and as every rise has the same shape and they start further right as i grows, no weight is negative.
+    The same as numpy's `np.pad(..., mode="reflect")`, also for pads longer than the axis (it mirrors again).
     """
-    span = overlap - 2 * margin
-    rise = ramp(span, kind)
-    # Centre of the shared span [origin, previous + tile_length); it is >= overlap wide, so the ramp stays
-    # >= margin pixels inside both tiles.
-    starts = [(origin + previous + tile_length - span) // 2 for previous, origin in zip(origins, origins[1:])]
-    weights = []
-    for i, origin in enumerate(origins):
-        into = _rise_on(rise, starts[i - 1], origin, tile_length) if i > 0 else np.ones(tile_length)
-        out_of = _rise_on(rise, starts[i], origin, tile_length) if i < len(starts) else np.zeros(tile_length)
-        weights.append(into - out_of)
-    return weights
+    positions = np.arange(start, stop)
+    if length == 1:
+        return np.zeros_like(positions)
+    period = 2 * (length - 1)
+    positions %= period
+    return np.where(positions < length, positions, period - positions)
 
 
-def tile_origins(height: int, width: int, tile_size: int, overlap: int) -> list[tuple[int, int]]:
-    """Top-left corners (row, col) of all tiles of an image, row-major."""
-    rows, _ = axis_tiles(height, tile_size, overlap)
-    cols, _ = axis_tiles(width, tile_size, overlap)
-    return [(r, c) for r in rows for c in cols]
-
-
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _window(image: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Float32 copy of rows x cols of the image reflect-padded to a multiple of 32 (only the window is read)."""
+    height, width = image.shape
+    return image[np.ix_(_reflect(*rows, height), _reflect(*cols, width))].astype(np.float32, copy=False)
 
 
 def _as_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
+    image = np.asarray(image)  # no copy: a float32 array or memmap is read in windows as it is
     if image.ndim != 2:
         raise ValueError(f"expected one (H, W) image, got shape {image.shape}")
     if min(image.shape) < 1:
         raise ValueError(f"image has no pixels: shape {image.shape}")
     return image
-
-
-def _check_tiling(tile_size: int, overlap: int, margin: int, window: str, batch_size: int) -> None:
-    if tile_size <= 0 or tile_size % TILE_MULTIPLE:
-        raise ValueError(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
-    # Neighbouring origins must differ by a positive multiple of 32.
-    max_overlap = min(tile_size // 2, tile_size - TILE_MULTIPLE)
-    if not 0 <= overlap <= max_overlap:
-        raise ValueError(f"overlap must lie in [0, {max_overlap}] for tile_size {tile_size}, got {overlap}")
-    if margin < 0 or (margin and 2 * margin >= overlap):
-        raise ValueError(f"margin must be < overlap / 2 (or 0), got margin={margin}, overlap={overlap}")
-    if window not in WINDOWS:
-        raise ValueError(f"unknown window '{window}' (choose from {', '.join(WINDOWS)})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-
-def _pad_to_multiple(image: np.ndarray) -> np.ndarray:
-    # numpy's reflect mode mirrors repeatedly, so pads wider than the image (or 1-pixel axes) work too.
-    height, width = image.shape
-    return np.pad(image, ((0, padded_length(height) - height), (0, padded_length(width) - width)), mode="reflect")
 
 
 def _probabilities(model: nn.Module, tiles: np.ndarray, device: str | torch.device) -> np.ndarray:
@@ -196,9 +178,31 @@ def whole_image_probabilities(model: nn.Module, image: np.ndarray, *,
     image: use `tiled_probabilities` for large ones.
     """
     image = _as_image(image)
+    height, width = image.shape
     with channels_last_inference(model, device):
-        probabilities = _probabilities(model, _pad_to_multiple(image)[None], device)[0]
-    return probabilities[:image.shape[0], :image.shape[1]]
+        window = _window(image, (0, padded_length(height)), (0, padded_length(width)))
+        return _probabilities(model, window[None], device)[0, :height, :width]
+
+
+def _core_probabilities(model: nn.Module, image: np.ndarray, tile_size: int, halo: int | None,
+                        device: str | torch.device) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """(rows, cols, probabilities) of each tile's core, clipped to the image, one forward pass at a time."""
+    if tile_size <= 0 or tile_size % TILE_MULTIPLE:
+        raise ValueError(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
+    if halo is None:
+        halo = default_halo(model, device)  # before the block below: it sets the model's layout itself
+    elif halo < 0 or halo % TILE_MULTIPLE:
+        raise ValueError(f"halo must be a non-negative multiple of {TILE_MULTIPLE}, got {halo}")
+    height, width = image.shape
+    row_tiles, col_tiles = axis_tiles(height, tile_size, halo), axis_tiles(width, tile_size, halo)
+    with channels_last_inference(model, device):
+        for row0, row1, core_row0, core_row1 in row_tiles:
+            core_row1 = min(core_row1, height)
+            for col0, col1, core_col0, core_col1 in col_tiles:
+                core_col1 = min(core_col1, width)
+                prob = _probabilities(model, _window(image, (row0, row1), (col0, col1))[None], device)[0]
+                yield (slice(core_row0, core_row1), slice(core_col0, core_col1),
+                       prob[core_row0 - row0:core_row1 - row0, core_col0 - col0:core_col1 - col0])
 
 
 def tiled_probabilities(
@@ -206,39 +210,33 @@ def tiled_probabilities(
     image: np.ndarray,
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
-    margin: int = DEFAULT_MARGIN,
-    window: str = "cosine",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    halo: int | None = None,
     device: str | torch.device = "cpu",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Blended sigmoid probabilities (H, W) float32 of a 1-channel-in, 1-logit-out model on a [0, 1] image.
+    """Sigmoid probabilities (H, W) float32 of a 1-channel-in, 1-logit-out model on a [0, 1] image, by tiles.
 
-    The model is put in eval mode and run without gradients. Any H, W >= 1 works. See the module docstring
-    for the layout, the blend, what is exact and how far a U-Net's result is from whole-image inference.
+    Equal to `whole_image_probabilities` up to float rounding (module docstring) with forward passes on
+    windows of at most `tile_size + 2 * halo` per side. `tile_size`: side of a tile's core, a multiple of 32.
+    `halo`: context on each side of a core, a multiple of 32; None is `default_halo(model)`, which makes the
+    result exact. `out`: a float32 (H, W) array (e.g. a np.memmap) to write into; it is returned. The model
+    is put in eval mode and run without gradients. Any H, W >= 1 works.
     """
     image = _as_image(image)
-    _check_tiling(tile_size, overlap, margin, window, batch_size)
-    height, width = image.shape
-    padded = _pad_to_multiple(image)
-    row_origins, tile_height = axis_tiles(height, tile_size, overlap)
-    col_origins, tile_width = axis_tiles(width, tile_size, overlap)
-    row_weights = dict(zip(row_origins, axis_weights(row_origins, tile_height, overlap, margin, window)))
-    col_weights = dict(zip(col_origins, axis_weights(col_origins, tile_width, overlap, margin, window)))
-    blended = np.zeros(padded.shape, dtype=np.float32)
-    total_weight = np.zeros(padded.shape, dtype=np.float32)
-    with channels_last_inference(model, device):
-        for batch in _batches(tile_origins(height, width, tile_size, overlap), batch_size):
-            tiles = np.stack([padded[r:r + tile_height, c:c + tile_width] for r, c in batch])
-            for (r, c), p in zip(batch, _probabilities(model, tiles, device)):
-                weights = np.outer(row_weights[r], col_weights[c]).astype(np.float32)
-                blended[r:r + tile_height, c:c + tile_width] += weights * p
-                total_weight[r:r + tile_height, c:c + tile_width] += weights
-    # Every pixel has total weight 1 by construction (partition of unity); dividing keeps that exact in
-    # float32 and would expose a layout bug as a non-finite value rather than a silently scaled one.
-    return blended[:height, :width] / total_weight[:height, :width]
+    if out is None:
+        out = np.empty(image.shape, dtype=np.float32)
+    elif out.shape != image.shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {image.shape}, got {out.dtype} {out.shape}")
+    for rows, cols, prob in _core_probabilities(model, image, tile_size, halo, device):
+        out[rows, cols] = prob
+    return out
 
 
-def tiled_mask(model: nn.Module, image: np.ndarray, *, threshold: float = 0.5, **kwargs) -> np.ndarray:
-    """Boolean (H, W) mask: `tiled_probabilities(model, image, **kwargs) > threshold`."""
-    return tiled_probabilities(model, image, **kwargs) > threshold
+def tiled_mask(model: nn.Module, image: np.ndarray, *, threshold: float = 0.5, tile_size: int = DEFAULT_TILE_SIZE,
+               halo: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+    """Boolean (H, W) mask: `tiled_probabilities(model, image, ...) > threshold`, without a float32 map."""
+    image = _as_image(image)
+    mask = np.empty(image.shape, dtype=bool)
+    for rows, cols, prob in _core_probabilities(model, image, tile_size, halo, device):
+        mask[rows, cols] = prob > threshold
+    return mask

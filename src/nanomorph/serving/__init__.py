@@ -20,8 +20,9 @@ Outputs, one row per input row, in input order:
   mask, `skimage.measure.label`, of at least `segment.object_min_size` pixels), ``height``, ``width`` and
   ``mask`` (nested lists of 0/1 ints, the input's height x width; params ``{"return_mask": false}`` leaves it
   out, which keeps HTTP answers small). With params ``{"tiled": true}`` the segmenter does not resize: it
-  segments the image at its own resolution by overlapping blended tiles (bounded memory for any size, e.g.
-  4096 x 4096), for images whose pixel size matches the training images'.
+  segments the image at its own resolution by overlapping tiles whose halo covers the receptive field (the
+  same mask as one pass over the whole image, in bounded memory for any size, e.g. 4096 x 4096), for images
+  whose pixel size matches the training images'.
 """
 
 from nanomorph.serving.inputs import images_from_frame, resize_for_model

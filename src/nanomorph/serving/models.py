@@ -146,8 +146,8 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
 
         Default: each image is resized to the training size, segmented and the mask resized back -- right
         when a whole image shows what a training image showed. `tiled`: the image is segmented at its own
-        resolution by overlapping, blended tiles (nanomorph.segment.tiling; bounded memory for any size) --
-        right for large images or montages whose pixel size matches the training images'.
+        resolution by overlapping tiles whose halo covers the receptive field (nanomorph.segment.tiling; the
+        same mask as one pass, bounded memory for any size) -- right for large images or montages whose pixel size matches the training images'.
         """
         if not images:
             return []
