@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.linear import knn_probe
 from nanomorph.probe.solvers import SolverSettings, fit_predict
 from nanomorph.probe.splits import SplitRule, as_rule, nested_label_subsets
+
+if TYPE_CHECKING:
+    from nanomorph.config import ProbeConfig
 
 CLASSIFIERS = ("linear", "knn")
 # Columns that identify a group of runs in `summarise_sweep` when the caller has added them.
@@ -142,6 +146,23 @@ def probe_sweep(
             predictions.append((test_idx, np.asarray(y_pred)))
     columns = [*SWEEP_KEYS, "accuracy", "macro_f1", *(f"recall_{c}" for c in classes)]
     return SweepResult(pd.DataFrame(rows, columns=columns), predictions)
+
+
+def solver_settings(section: ProbeConfig) -> SolverSettings:
+    """The probe solver a `probe` config section (nanomorph.config.ProbeConfig) names, with its C, tol,
+    max_iter and the paper solver's lr, batch size and epochs: the settings of every probe the probe stage fits."""
+    return SolverSettings(solver=section.solver, C=section.C, tol=section.tol, max_iter=section.max_iter,
+                          paper_lr=section.paper_lr, paper_batch_size=section.paper_batch_size,
+                          paper_epochs=section.paper_epochs)
+
+
+def sweep_arguments(section: ProbeConfig) -> dict[str, Any]:
+    """`probe_sweep`'s keywords that a `probe` config section fixes: the label budgets (`labels_per_class`),
+    split seeds 0 .. split_seeds-1, the solver settings and k-NN's k. The probe stage and
+    `nanomorph.api.probe_sweep` both call `probe_sweep(features, labels, test_fraction=..., **sweep_arguments(...))`.
+    """
+    return dict(sizes=section.labels_per_class, split_seeds=list(range(section.split_seeds)),
+                settings=solver_settings(section), knn_k=section.knn_k)
 
 
 def label_budget_sweep(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import segmentation_models_pytorch as smp
 from sklearn.pipeline import Pipeline
@@ -12,6 +14,9 @@ from nanomorph.probe.linear import fit_linear_probe
 from nanomorph.segment.sweep import seeded_unet
 from nanomorph.segment.train import train_segmenter
 
+if TYPE_CHECKING:
+    from nanomorph.config import SegmentConfig
+
 
 def train_classifier(encoder: nn.Module, images: np.ndarray, labels: np.ndarray, *, C: float, max_iter: int,
                      seed: int, tol: float = 1e-4, device: str = "cpu") -> Pipeline:
@@ -19,6 +24,18 @@ def train_classifier(encoder: nn.Module, images: np.ndarray, labels: np.ndarray,
     model, fitted on all the given images instead of an n-per-class subset)."""
     features = extract_features(encoder, images, batch_size=64, device=device)
     return fit_linear_probe(features, np.asarray(labels).astype(str), C=C, max_iter=max_iter, seed=seed, tol=tol)
+
+
+def unet_arguments(section: SegmentConfig, n_images: int) -> dict[str, Any]:
+    """`train_unet`'s keywords that a `segment` config section (nanomorph.config.SegmentConfig) fixes for a
+    training set of `n_images`: the epochs `section.epochs_for(n_images)` (unused when `section.steps` is set),
+    lr, batch size, frozen encoder, steps, crop size, encoder lr, loss and bf16. The register stage and
+    `nanomorph.api.train_segmenter` both call `train_unet(state, images, masks, arch=..., seed=...,
+    **unet_arguments(...))`.
+    """
+    s = section
+    return dict(epochs=s.epochs_for(n_images), lr=s.lr, batch_size=s.batch_size, freeze_encoder=s.freeze_encoder,
+                steps=s.steps, crop_size=s.crop_size, encoder_lr=s.encoder_lr, loss=s.loss, cpu_bf16=s.cpu_bf16)
 
 
 def train_unet(encoder_state: dict | None, images: np.ndarray, masks: np.ndarray, *, arch: str,

@@ -49,7 +49,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -67,6 +67,9 @@ from nanomorph.ssl.barlow_twins import barlow_twins_loss
 from nanomorph.ssl.lars import LARS
 from nanomorph.ssl.simclr import nt_xent_loss
 from nanomorph.ssl.views import make_view_transform
+
+if TYPE_CHECKING:
+    from nanomorph.config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -675,3 +678,28 @@ agree to float rounding): True for its default backend (inductor), or a backend'
                         "epoch/images_per_s": epoch_speed}, step)
     bar.close()
     return PretrainResult(encoder=model.encoder.cpu().eval(), history=history)
+
+
+# `pretrain`'s keywords that describe where and how one call runs rather than what a config section trains:
+# `pretrain_arguments` leaves them to its caller.
+RUNTIME_ARGUMENTS = ("checkpoint_path", "device", "log_fn", "progress", "view_workers", "bn_groups")
+
+
+def pretrain_arguments(section: PretrainConfig, method: str) -> dict[str, Any]:
+    """The keyword arguments of `pretrain` that a `pretrain` config section (nanomorph.config.PretrainConfig)
+    fixes for `method`: everything but RUNTIME_ARGUMENTS.
+
+    The one mapping from params.yaml to a pretraining run: the pretrain stage and `nanomorph.api.pretrain` both
+    call `pretrain(images, **pretrain_arguments(section, method), checkpoint_path=..., device=..., ...)`, so a
+    notebook trains exactly what the stage trains (tests/test_api.py).
+    """
+    p = section
+    return dict(
+        method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size, epochs=p.epochs,
+        optimizer=p.optimizer, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+        warmup_epochs=p.warmup_epochs, temperature=p.temperature, lambd=p.lambd, projector_dims=p.projector_dims,
+        crop_side=p.crop_side, flip_p=p.flip_p, jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast,
+        seed=p.seed, dihedral=p.dihedral, blur_p=p.blur_p, blur_sigma=p.blur_sigma, noise_std=p.noise_std,
+        checkpoint_every=p.checkpoint_every, accumulate_steps=p.accumulate_steps, compile_model=p.compile,
+        cpu_bf16=p.cpu_bf16,
+    )

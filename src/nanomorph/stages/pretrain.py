@@ -37,7 +37,7 @@ from nanomorph.data.layout import IMAGE_SUFFIXES, find_images
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import save_encoder
-from nanomorph.ssl.train import CHECKPOINT_FORMAT, pretrain
+from nanomorph.ssl.train import CHECKPOINT_FORMAT, pretrain, pretrain_arguments
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 
 METHODS = ("simclr", "barlow_twins")
@@ -175,15 +175,9 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
                 mlflow.log_params({"n_images": len(data.images), "n_skipped_files": len(data.skipped),
                                    "image_source": str(args.images) if args.images else "manifest",
                                    "image_cache_key": data.key, "world_size": process.world})
+            # pretrain_arguments: the section -> keywords mapping nanomorph.api.pretrain shares
             result = pretrain(
-                data.images, method=method, arch=p.arch, image_size=p.image_size, batch_size=p.batch_size,
-                epochs=p.epochs, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
-                weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, temperature=p.temperature,
-                lambd=p.lambd, projector_dims=p.projector_dims, crop_side=p.crop_side, flip_p=p.flip_p,
-                jitter_p=p.jitter_p, brightness=p.brightness, contrast=p.contrast, seed=p.seed,
-                dihedral=p.dihedral, blur_p=p.blur_p, blur_sigma=p.blur_sigma, noise_std=p.noise_std,
-                checkpoint_path=ckpt, checkpoint_every=p.checkpoint_every, device=process.device,
-                accumulate_steps=p.accumulate_steps, compile_model=p.compile, cpu_bf16=p.cpu_bf16,
+                data.images, **pretrain_arguments(p, method), checkpoint_path=ckpt, device=process.device,
                 log_fn=(lambda metrics, step: mlflow.log_metrics(metrics, step=step)) if process.main else None,
                 progress=process.main and on_terminal(),
             )

@@ -49,7 +49,7 @@ from nanomorph.probe.splits import SplitRule, split_rule
 from nanomorph.probe.classical import NAME as CLASSICAL
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.stats import holm, pairwise_wilcoxon
-from nanomorph.probe.sweep import label_budget_runs, probe_sweep
+from nanomorph.probe.sweep import label_budget_runs, probe_sweep, solver_settings, sweep_arguments
 from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 from nanomorph.tracking.runs import log_curve
@@ -142,8 +142,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
     labels = rows["label"].to_numpy(dtype=str)
     classes = tuple(np.unique(labels))
     rule = split_rule(rows, pr.test_fraction, cfg.validate.manifest)
-    settings = SolverSettings(solver=pr.solver, C=pr.C, tol=pr.tol, max_iter=pr.max_iter, paper_lr=pr.paper_lr,
-                              paper_batch_size=pr.paper_batch_size, paper_epochs=pr.paper_epochs)
+    settings = solver_settings(pr)
     load_images = functools.cache(lambda: load_image_stack([Path(p) for p in rows["path"]], pr.feature_size))
     cache = FeatureCache(FEATURE_DIR)
     image_set = image_set_fingerprint(rows["sha256"].astype(str).tolist())
@@ -173,8 +172,8 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         print(f"feature cache: {hits} of {len(entries)} encoders reused from {FEATURE_DIR}/")
 
         started = time.perf_counter()
-        sweep = probe_sweep(feature_sets, labels, pr.labels_per_class, list(range(pr.split_seeds)),
-                            rule, settings, knn_k=pr.knn_k, progress=on_terminal())
+        # sweep_arguments: the section -> keywords mapping nanomorph.api.probe_sweep shares
+        sweep = probe_sweep(feature_sets, labels, test_fraction=rule, **sweep_arguments(pr), progress=on_terminal())
         sweep_seconds = time.perf_counter() - started
         results = sweep.table
         n_linear = int((results["classifier"] == "linear").sum())

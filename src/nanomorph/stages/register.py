@@ -59,7 +59,7 @@ from nanomorph.serving.models import atypicality_limit
 from nanomorph.serving.package import (
     classifier_config, classifier_content, log_classifier, log_segmenter, segmenter_config, segmenter_content,
 )
-from nanomorph.serving.train import train_unet
+from nanomorph.serving.train import train_unet, unet_arguments
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import (
@@ -332,10 +332,9 @@ def _run_register(cfg: Config, _args: argparse.Namespace) -> None:
         epochs = sg.epochs_for(len(seg_train))
         seg_images = load_image_stack([Path(p) for p in seg_train["path"]], sg.image_size)
         seg_masks = load_mask_stack([Path(p) for p in seg_train["mask_path"]], sg.image_size)
-        unet = train_unet(encoder.resnet_state_dict(), seg_images, seg_masks, arch=pt.arch, epochs=epochs, lr=sg.lr,
-                          batch_size=sg.batch_size, freeze_encoder=sg.freeze_encoder, seed=rg.seed, device=device,
-                          progress=on_terminal(), steps=sg.steps, crop_size=sg.crop_size, encoder_lr=sg.encoder_lr,
-                          loss=sg.loss, cpu_bf16=sg.cpu_bf16)
+        # unet_arguments: the section -> keywords mapping nanomorph.api.train_segmenter shares (its epochs: `epochs`)
+        unet = train_unet(encoder.resnet_state_dict(), seg_images, seg_masks, arch=pt.arch,
+                          **unet_arguments(sg, len(seg_train)), seed=rg.seed, device=device, progress=on_terminal())
         segmenter_settings = {"arch": pt.arch, "image_size": sg.image_size, "encoder_name": encoder_name,
                               "object_min_size": sg.object_min_size, "dihedral": sg.dihedral}
         segmenter_sha256 = segmenter_content(unet, segmenter_config(**segmenter_settings))
