@@ -30,8 +30,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from _tracking import benchmark_run
 from nanomorph.models.encoder import Projector, ResNetEncoder
-from nanomorph.ssl.train import (TwinEmbedder, _amp_dtype, _loss_fn, _step_views, _train_step, pretrain,
-                                 warmup_cosine)
+from nanomorph.ssl.embedding import TwinEmbedder
+from nanomorph.ssl.train import _amp_dtype, _loss_fn, _train_step, pretrain, warmup_cosine
+from nanomorph.ssl.view_data import step_views
 from nanomorph.ssl.views import make_view_transform
 
 PROJECTOR_DIMS = (128, 64, 1024)
@@ -95,7 +96,7 @@ def views_step_seconds(args: argparse.Namespace) -> list[float]:
     seconds = []
     for step in range(args.warmup + args.steps):
         started = time.perf_counter()
-        _step_views(batch, transform, 0, step)
+        step_views(batch, transform, 0, step)
         seconds.append(time.perf_counter() - started)
     return seconds[args.warmup:]
 
@@ -125,7 +126,7 @@ def main() -> None:
     args.source_size = args.source_size or 2 * args.image_size
     # The source images are uniform noise, with nothing to learn; the collapse monitor says so every run.
     warnings.filterwarnings("ignore", message=".*collapsing to a point")
-    logging.getLogger("nanomorph.ssl.train").setLevel(logging.ERROR)
+    logging.getLogger("nanomorph.ssl").setLevel(logging.ERROR)
 
     ceiling_s, loop_s = [], []
     for _ in range(args.repeats):  # alternate, so a slow phase of the machine hits both alike

@@ -12,7 +12,8 @@ import torch
 from nanomorph.models.encoder import Projector, ResNetEncoder, normalise, random_encoder
 from nanomorph.models.precision import cpu_has_bf16
 from nanomorph.ssl.simclr import nt_xent_loss
-from nanomorph.ssl.train import _epoch_order, _step_views, pretrain, warmup_cosine
+from nanomorph.ssl.train import pretrain, warmup_cosine
+from nanomorph.ssl.view_data import _epoch_order, step_views
 from nanomorph.ssl.views import make_view_transform
 
 from texture_images import textures
@@ -182,7 +183,7 @@ def test_accumulation_steps_along_the_mean_gradient_of_its_micro_batches(determi
         rows = order[8 * step:8 * step + 8]
         losses = []
         for first in (0, 4):
-            v1, v2 = _step_views(data[rows[first:first + 4]], transform, 0, step, first)
+            v1, v2 = step_views(data[rows[first:first + 4]], transform, 0, step, first)
             losses.append(nt_xent_loss(projector(encoder(normalise(v1))), projector(encoder(normalise(v2))), 0.1))
         grads = torch.autograd.grad(torch.stack(losses).mean(), params)
         lr = 0.05 * warmup_cosine(0, 2)(step)
@@ -271,7 +272,7 @@ def test_batchnorm_is_synchronised_only_for_ddp_on_cuda():
     # SyncBatchNorm for CUDA DDP (as the Barlow Twins reference); CPU/gloo and single-process runs keep BatchNorm.
     from torch import nn
 
-    from nanomorph.ssl.train import sync_batchnorm, syncs_batchnorm
+    from nanomorph.ssl.distributed import sync_batchnorm, syncs_batchnorm
 
     def kinds(module):
         return {type(m) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}

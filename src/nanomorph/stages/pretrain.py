@@ -37,7 +37,8 @@ from nanomorph.data.layout import IMAGE_SUFFIXES, find_images
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import save_encoder
-from nanomorph.ssl.train import CHECKPOINT_FORMAT, pretrain, pretrain_arguments
+from nanomorph.ssl.checkpoints import CHECKPOINT_FORMAT
+from nanomorph.ssl.train import pretrain, pretrain_arguments
 from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
 
 METHODS = ("simclr", "barlow_twins")
