@@ -113,3 +113,40 @@ def test_folder_source_with_bad_files_quarantines_them_and_fails_on_a_missing_cl
         quarantined = list(csv.DictReader(handle))
     assert [(Path(r["path"]).name, r["status"]) for r in quarantined] == [("broken.png", "decodable")]
     assert (source / "bundle" / "broken.png").exists()
+
+
+def test_the_same_image_in_two_class_folders_is_quarantined_twice_as_a_label_conflict(project, tmp_path, capsys):
+    """Through fetch (folder source) and validate: both copies are listed in quarantine.csv as a label conflict,
+    each with one stderr line naming it; the source files and their fetched copies all stay on disk."""
+    source = tmp_path / "lab_images"
+    for k, name in enumerate(CLASSES):
+        (source / name).mkdir(parents=True)
+        for i in range(3):
+            (source / name / f"{name}{i}.png").write_bytes(_png(10 * k + i))
+    twin = _png(999)
+    (source / "bundle" / "twin.png").write_bytes(twin)
+    (source / "network" / "twin_copy.png").write_bytes(twin)
+    work = project(source="folder", generic_source="synthetic",
+                   folder={**yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["folder"],
+                           "nanowire_root": str(source)})
+    assert fetch.main([]) == 0
+    capsys.readouterr()
+
+    assert validate.main([]) == 0  # a conflict quarantines; only classes_present is critical
+    err = capsys.readouterr().err
+    raw = Path("data/raw/nanowires")
+    copies = [raw / "bundle" / "images" / "twin.png", raw / "network" / "images" / "twin_copy.png"]
+    with open(work / "data" / "validated" / "quarantine.csv", newline="") as handle:
+        quarantined = {row["path"]: row for row in csv.DictReader(handle)}
+    assert sorted(quarantined) == sorted(map(str, copies))
+    for path in copies:
+        row = quarantined[str(path)]
+        assert "label_conflict" in row["status"].split(";")
+        assert ("label conflict: the same bytes (sha256) are labelled bundle, network in different files; every "
+                "copy is quarantined") in row["reason"] and "\n" not in row["reason"]
+        assert sum(line.startswith(f"quarantined {path}: ") for line in err.splitlines()) == 1
+        assert (work / path).read_bytes() == twin                               # the fetched copy
+    assert (source / "bundle" / "twin.png").read_bytes() == twin                # and the lab's own files
+    assert (source / "network" / "twin_copy.png").read_bytes() == twin
+    summary = json.loads((work / "metrics" / "validate.json").read_text())
+    assert summary["quarantined"] == 2 and summary["nanowire_ok"] == 12

@@ -234,7 +234,8 @@ def test_the_same_image_under_two_classes_quarantines_every_copy_as_a_label_conf
         for i in range(3):
             save(nw / c / "images" / f"{c}{i}.png", noise(50 * len(c) + i))
     twin = save(nw / "bundle" / "images" / "twin.png", noise(999))
-    (nw / "network" / "images" / "twin_copy.png").write_bytes(twin.read_bytes())
+    original = twin.read_bytes()
+    (nw / "network" / "images" / "twin_copy.png").write_bytes(original)
     samples, _ = scan_nanowire_dataset(nw, ("bundle", "network"))
     outcome = validate_manifest(build_manifest(samples, []), ("bundle", "network"), RULES)
     judged = outcome.manifest.set_index(outcome.manifest["path"].map(lambda p: Path(p).name))
@@ -244,4 +245,5 @@ def test_the_same_image_under_two_classes_quarantines_every_copy_as_a_label_conf
                 "copy is quarantined") in judged.at[name, "reason"]
     assert sorted(Path(p).name for p in outcome.quarantine["path"]) == ["twin.png", "twin_copy.png"]
     assert (judged.drop(index=["twin.png", "twin_copy.png"])["status"] == "ok").all()
-    assert (nw / "network" / "images" / "twin_copy.png").is_file()  # quarantined, not deleted
+    for path in (twin, nw / "network" / "images" / "twin_copy.png"):  # quarantined, not deleted or moved
+        assert path.read_bytes() == original

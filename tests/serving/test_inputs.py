@@ -88,3 +88,32 @@ def test_a_served_model_reads_only_under_its_root(served, tmp_path):
     for value in (str(outside), "../secret.tif", str(root / "sub" / ".." / ".." / "secret.tif"), "link.tif"):
         with pytest.raises(ValueError, match="is outside the folder this server may read"):
             images_from_frame(pd.DataFrame({"path": [value]}))
+
+
+def test_float_tiffs_take_one_path_in_predict_and_in_serving(tmp_path):
+    """`nanomorph predict` reads files with io.read_image; a served model reads a path row or an inline array:
+    a float image in [0, 1] comes out identical every way, and a NaN or out-of-range one is refused with the
+    same words (a file's error names the file, an array's its row)."""
+    from nanomorph.data.io import read_image
+
+    good = np.random.default_rng(0).uniform(0.1, 0.9, (20, 30)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "good.tif", good)
+    (by_path, by_array) = images_from_frame(pd.DataFrame({"path": [str(tmp_path / "good.tif"), None],
+                                                          "image": [None, good.tolist()]}))
+    np.testing.assert_array_equal(read_image(tmp_path / "good.tif"), good)
+    np.testing.assert_array_equal(by_path, good)
+    np.testing.assert_array_equal(by_array, good)
+    counts = np.linspace(0, 4000, 64, dtype=np.float32).reshape(8, 8)
+    nan = np.full((8, 8), np.nan, np.float32)
+    for name, array, says in (("counts.tif", counts, "intensities must lie in [0, 1], got [0, 4000]; scale them first"),
+                              ("nan.tif", nan, "float image contains NaN or infinite values")):
+        tifffile.imwrite(tmp_path / name, array)
+        with pytest.raises(ImageReadError) as from_file:
+            read_image(tmp_path / name)
+        assert str(from_file.value) == f"{tmp_path / name}: {says}"
+        with pytest.raises(ImageReadError) as from_path_row:
+            images_from_frame(pd.DataFrame({"path": [str(tmp_path / name)]}))
+        assert str(from_path_row.value) == str(from_file.value)
+        with pytest.raises(ValueError) as from_array_row:
+            images_from_frame(pd.DataFrame({"image": [array.tolist()]}))
+        assert str(from_array_row.value) == f"row 0: 'image' {says}"

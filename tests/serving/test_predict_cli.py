@@ -195,3 +195,68 @@ def test_predict_flags_images_unlike_the_classifiers_training_images(tiny_regist
                                                                                   "atypicality"]
     warnings = [line for line in err.splitlines() if line.startswith("warning ")]
     assert len(warnings) == 1 and "stripes.png" in warnings[0] and "unreliable" in warnings[0]
+
+
+def test_predict_skips_saturated_non_finite_and_undecodable_files_one_line_each(tmp_path, capsys):
+    """The quality gate with no registry (classical segmenter): every file that cannot be judged is one stderr
+    line and one skipped.csv row naming it and why; a float TIFF in [0, 1] is read as it is and predicted; an
+    undecodable file whose name is not UTF-8 is shown with %XX; no input file is touched."""
+    import os
+
+    import tifffile
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    good = rng.uniform(0.2, 0.8, (48, 48)).astype(np.float32)
+    tifffile.imwrite(folder / "float_good.tif", good)
+    saturated = np.full((64, 64), 128, np.uint8)
+    saturated[:48] = np.where(np.indices((48, 64)).sum(axis=0) % 2, 255, 0)  # 75 % of the pixels at 0 or 255
+    Image.fromarray(saturated).save(folder / "saturated.png")
+    tifffile.imwrite(folder / "all_nan.tif", np.full((32, 32), np.nan, np.float32))
+    infinite = good.copy()
+    infinite[0, 0] = np.inf
+    tifffile.imwrite(folder / "infinite.tif", infinite)
+    tifffile.imwrite(folder / "raw_counts.tif", np.linspace(0, 4000, 32 * 32, dtype=np.float32).reshape(32, 32))
+    odd = os.fsencode(folder) + b"/bad\xff.png"
+    with open(odd, "wb") as f:
+        f.write(b"not an image at all")
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--segmenter", "classical", "--out", str(out),
+                 "--tracking-uri", "sqlite:///does-not-exist.db", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["file"].tolist() == [f"{folder}/float_good.tif"]
+    skipped = pd.read_csv(out / "skipped.csv").set_index("file")["reason"].to_dict()
+    assert skipped == {
+        f"{folder}/all_nan.tif": "float image contains NaN or infinite values",
+        f"{folder}/bad%FF.png": "not a recognised image format (cannot identify the file)",
+        f"{folder}/infinite.tif": "float image contains NaN or infinite values",
+        f"{folder}/raw_counts.tif": "intensities must lie in [0, 1], got [0, 4000]; scale them first",
+        f"{folder}/saturated.png": "not predicted: saturated: 75.0% of pixels at 0 or 1 (> 50.0%)",
+    }
+    lines = [line for line in captured.err.splitlines() if line.startswith("skipped ")]
+    assert sorted(lines) == sorted(f"skipped {file}: {reason}" for file, reason in skipped.items())
+    assert "Traceback" not in captured.err and "\\udc" not in captured.err
+    assert "1 of 6 images predicted" in captured.out and "5 skipped" in captured.out
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before  # nothing lost
+
+
+def test_only_undecodable_files_are_skipped_an_error_in_a_model_stops_the_batch(tmp_path):
+    """A model that fails is a bug, not a bad file: predict_files stops instead of listing every image as skipped."""
+    from nanomorph.predict import classical_segmenter, predict_files
+
+    class FailingClassifier:
+        def predict(self, frame):
+            raise RuntimeError("model bug")
+
+    image = np.random.default_rng(0).integers(40, 220, (32, 32), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    (tmp_path / "broken.png").write_bytes(b"not a PNG")
+    run = predict_files([tmp_path / "broken.png", tmp_path / "a.png"], None, classical_segmenter("classical"),
+                        tmp_path / "ok", progress=False)
+    assert len(run.table) == 1 and run.skipped["file"].tolist() == [str(tmp_path / "broken.png")]
+    with pytest.raises(RuntimeError, match="model bug"):
+        predict_files([tmp_path / "a.png"], FailingClassifier(), None, tmp_path / "out", progress=False)

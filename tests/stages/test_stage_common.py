@@ -27,7 +27,26 @@ def test_a_failing_stage_is_one_line_and_its_run_ends_failed(project, capsys):
     assert stage_main("demo", body, argv=[]) == 2
     ours = [line for line in capsys.readouterr().err.splitlines() if "Traceback" in line or "nanomorph" in line]
     assert ours == ["nanomorph demo: error: data/x.png: not a recognised image format"]  # (MLflow logs its own)
-    assert _statuses(project)["demo"] == "FAILED"
+    statuses = _statuses(project)
+    assert statuses["demo"] == "FAILED"
+    assert "RUNNING" not in statuses.values()  # the pipeline's parent run is closed too
+
+
+def test_a_stage_that_crashes_ends_its_run_failed_and_keeps_the_traceback(project):
+    """A bug (not a NanomorphError) is no user mistake: it propagates with its traceback, and the MLflow run
+    still ends FAILED rather than staying RUNNING."""
+    def body(cfg, _args):
+        with tracked(cfg, "demo", ("segment",)):
+            raise ZeroDivisionError("a bug")
+
+    try:
+        stage_main("demo", body, argv=[])
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("a bug must not be turned into a one-line user error")
+    statuses = _statuses(project)
+    assert statuses["demo"] == "FAILED" and "RUNNING" not in statuses.values()
 
 
 def test_a_stage_stopped_by_sigterm_ends_its_run_killed_and_says_so(project, capsys):

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from nanomorph.config import Config
 from nanomorph.data.cache import CachedImages, cached_images
-from nanomorph.data.layout import IMAGE_SUFFIXES, find_images
+from nanomorph.data.layout import IMAGE_SUFFIXES, display_path, find_images
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import save_encoder
@@ -108,13 +108,17 @@ def training_fingerprint(cfg: Config, method: str, data_key: str, world: int) ->
 
 def set_aside_other_run(ckpt: Path, fingerprint: str) -> Path | None:
     """Keep `ckpt` for resuming when it was written under `fingerprint`; otherwise move it (never delete it)
-    to `<name>.other-run.pt` and return that path, for the caller to delete once the new run has finished.
+    to `<name>.other-run.pt` (`.other-run-2.pt`, ... when an unfinished run left one there) and return that path,
+    for the caller to delete once the new run has finished.
 
     The stamp beside the checkpoint records the fingerprint it belongs to."""
     stamp = ckpt.with_name("params_hash.json")
     aside = None
     if ckpt.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("params_hash") != fingerprint):
-        aside = ckpt.with_name(f"{ckpt.stem}.other-run{ckpt.suffix}")
+        aside, k = ckpt.with_name(f"{ckpt.stem}.other-run{ckpt.suffix}"), 1
+        while aside.exists():  # an earlier run's, set aside by a run that did not finish: never replace it
+            k += 1
+            aside = ckpt.with_name(f"{ckpt.stem}.other-run-{k}{ckpt.suffix}")
         os.replace(ckpt, aside)
         print(f"{ckpt}: written under other training parameters; kept as {aside} until this run finishes",
               file=sys.stderr)
@@ -152,7 +156,7 @@ def load_pretraining_images(cfg: Config, folder: Path | None, process: Process) 
     if process.main and data.skipped:
         print(f"skipped {len(data.skipped)} of {len(paths)} image files that could not be decoded:", file=sys.stderr)
         for path, reason in data.skipped:
-            print(f"  {path}: {reason}", file=sys.stderr)
+            print(f"  {display_path(path)}: {reason}", file=sys.stderr)  # names not UTF-8: %XX
     if len(data.images) < 2:
         source = folder if folder is not None else cfg.validate.manifest
         raise NanomorphError(f"{source}: fewer than 2 usable pretraining images ({len(data.images)})")
@@ -174,7 +178,7 @@ def run_pretrain(cfg: Config, args: argparse.Namespace) -> None:
             if process.main:
                 mlflow.set_tag("nanomorph.method", method)
                 mlflow.log_params({"n_images": len(data.images), "n_skipped_files": len(data.skipped),
-                                   "image_source": str(args.images) if args.images else "manifest",
+                                   "image_source": display_path(args.images) if args.images else "manifest",
                                    "image_cache_key": data.key, "world_size": process.world})
             # pretrain_arguments: the section -> keywords mapping nanomorph.api.pretrain shares
             result = pretrain(
@@ -200,7 +204,8 @@ def _write_outputs(method: str, image_size: int, epochs: int, params_hash: str, 
     pd.DataFrame(result.history).to_csv(history_path, index=False)
     mlflow.log_artifact(str(history_path))
     if data.skipped:
-        mlflow.log_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped), "skipped_images.tsv")
+        mlflow.log_text("".join(f"{display_path(path)}\t{reason}\n" for path, reason in data.skipped),
+                        "skipped_images.tsv")
     last = result.history[-1]
     write_json(Path("metrics") / f"pretrain_{method}.json", {
         **{k: float(last[k]) for k in ("loss", "embedding_std", "effective_rank") if k in last},
