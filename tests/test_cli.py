@@ -18,6 +18,24 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
         f"nanomorph probe: error: {tmp_path / 'none.yaml'}: no such parameters file (run from the project root)"]
 
 
+def test_debug_keeps_the_one_line_and_adds_the_traceback(tmp_path):
+    argv = [sys.executable, "-m", "nanomorph.cli", "--debug", "probe", "--params", str(tmp_path / "none.yaml")]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == f"nanomorph probe: error: {tmp_path / 'none.yaml'}: no such parameters file (run from the project root)"
+    assert lines[1] == "Traceback (most recent call last):" and "ConfigError" in lines[-1]
+
+
+def test_debug_reaches_a_stage_run_by_dvc_through_the_environment(tmp_path):
+    import os
+
+    env = {**os.environ, "NANOMORPH_DEBUG": "1"}
+    done = subprocess.run([sys.executable, "-m", "nanomorph.stages.probe", "--params", "none.yaml"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 2 and "Traceback (most recent call last):" in done.stderr
+
+
 def test_usage_lists_register_and_predict(capsys):
     assert main(["--help"]) == 0
     commands = capsys.readouterr().out

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from nanomorph.errors import DEBUG_ENV
 
 COMMANDS = {
     "fetch": "nanomorph.stages.fetch",
@@ -21,14 +24,19 @@ COMMANDS = {
     "registry-server": "nanomorph.tracking.server",
 }
 
-USAGE = f"""usage: nanomorph <command> [options] | nanomorph --version
+USAGE = f"""usage: nanomorph [--debug] <command> [options] | nanomorph --version
 
 commands: {', '.join(COMMANDS)}
-Run `nanomorph <command> --help` for a command's options; the whole pipeline is `dvc repro`."""
+Run `nanomorph <command> --help` for a command's options; the whole pipeline is `dvc repro`.
+--debug: a mistake is still one line, followed by its traceback (for a bug report); NANOMORPH_DEBUG=1 does the
+same for the stages dvc runs."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--debug":
+        os.environ[DEBUG_ENV] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0 if argv else 2

@@ -1,4 +1,11 @@
-"""Errors a user can act on. The CLI and stages print these as one line, without a traceback."""
+"""Errors a user can act on. The CLI and stages print these as one line, without a traceback (with one after
+it under `nanomorph --debug ...` or NANOMORPH_DEBUG=1, for a bug report)."""
+
+import os
+import sys
+import traceback
+
+DEBUG_ENV = "NANOMORPH_DEBUG"
 
 
 class NanomorphError(Exception):
@@ -21,3 +28,11 @@ class ImageReadError(NanomorphError):
 class StageInterrupted(BaseException):
     """A stage stopped from outside (SIGTERM); like KeyboardInterrupt it is not an Exception, so no handler for
     errors swallows it."""
+
+
+def print_error(prefix: str, exc: BaseException, lines: list[str] | None = None) -> None:
+    """`prefix: <line>` on stderr for each line of `exc` (or `lines`), then, when debugging, its traceback."""
+    for line in (str(exc).splitlines() if lines is None else lines) or [""]:
+        print(f"{prefix}: {line}", file=sys.stderr)
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)

@@ -34,7 +34,7 @@ from nanomorph.analysis.percolation import percolates
 from nanomorph.data.io import read_image
 from nanomorph.data.layout import display_path, find_images
 from nanomorph.data.validation import QualityRules, quality_problems
-from nanomorph.errors import ImageReadError, NanomorphError
+from nanomorph.errors import ImageReadError, NanomorphError, print_error
 from nanomorph.segment.classical import CLASSICAL_SEGMENTERS, ClassicalSegmenter
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import ModelRef, parse_model_ref, resolve
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except NanomorphError as exc:
-        print(f"nanomorph predict: error: {exc}", file=sys.stderr)
+        print_error("nanomorph predict: error", exc)
         return 2
     return 0
 

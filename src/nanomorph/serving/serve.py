@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from nanomorph.errors import NanomorphError
+from nanomorph.errors import NanomorphError, print_error
 from nanomorph.predict import project_settings, registered_version, tracking_uri
 from nanomorph.tracking.integrity import verified_model_dir
 from nanomorph.tracking.registry import parse_model_ref
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         client, version = registered_version(ref, tracking_uri(args.tracking_uri, project.tracking_uri))
         local = verified_model_dir(client, ref.name, str(version.version))
     except NanomorphError as exc:
-        print(f"nanomorph serve: error: {exc}", file=sys.stderr)
+        print_error("nanomorph serve: error", exc)
         return 2
     print(f"serving {ref} (version {version.version}, files verified) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nanomorph.config import Config, load_config
-from nanomorph.errors import NanomorphError, StageInterrupted
+from nanomorph.errors import NanomorphError, StageInterrupted, print_error
 
 
 def show_messages() -> None:
@@ -66,9 +66,8 @@ def stage_main(stage: str, body: Callable[[Config, argparse.Namespace], None],
         print(f"nanomorph {stage}: interrupted ({exc or 'Ctrl-C'}); its MLflow run is marked KILLED, "
               "a rerun resumes from the last checkpoint where the stage keeps one", file=sys.stderr)
         return 130
-    except NanomorphError as exc:
-        for line in str(exc).splitlines() or [""]:  # several problems (params.yaml): one prefixed line each
-            print(f"nanomorph {stage}: error: {line}", file=sys.stderr)
+    except NanomorphError as exc:  # several problems (params.yaml): one prefixed line each
+        print_error(f"nanomorph {stage}: error", exc)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from nanomorph.errors import NanomorphError
+from nanomorph.errors import NanomorphError, print_error
 from nanomorph.tracking.registry import CHAMPION, promote, version_by_alias
 
 
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         verified_model_dir(client, name, version)   # a changed artifact is refused before it can be champion
         previous = promote(client, name, version, args.reason, via="nanomorph promote")
     except NanomorphError as exc:
-        print(f"nanomorph promote: error: {exc}", file=sys.stderr)
+        print_error("nanomorph promote: error", exc)
         return 2
     except MlflowException as exc:  # the registry's refusals (401/403, unknown version): one line, no traceback
-        print(f"nanomorph promote: error: {exc.message.splitlines()[0]}", file=sys.stderr)
+        print_error("nanomorph promote: error", exc, exc.message.splitlines()[:1])
         return 2
     print(f"{name} v{version} is champion" + (f" (was v{previous})" if previous else "") + f": {args.reason}")
     return 0

@@ -40,7 +40,7 @@ from typing import Iterator
 
 import requests
 
-from nanomorph.errors import NanomorphError
+from nanomorph.errors import NanomorphError, print_error
 
 ROLES = ("admin", "writer", "reader")
 PASSWORD_ENV = {role: f"NANOMORPH_REGISTRY_{role.upper()}_PASSWORD" for role in ROLES}
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = start(args.dir, host=args.host, port=args.port, secrets=passwords(args.credentials),
                     experiment=cfg.tracking.experiment, models=(cfg.registry.classifier, cfg.registry.segmenter))
     except NanomorphError as exc:
-        print(f"nanomorph registry-server: {exc}", file=sys.stderr)
+        print_error("nanomorph registry-server", exc)
         return 2
     print(uri)
     print(f"# writers (pipeline, CI): MLFLOW_TRACKING_URI={uri} MLFLOW_TRACKING_USERNAME=writer "
