@@ -139,6 +139,9 @@ def fetch(cfg: Config, _args: argparse.Namespace) -> None:
         mlflow.log_metrics(counts)
         mlflow.log_artifact(str(report))
         write_json("metrics/fetch.json", {"source": data.source, "generic_source": data.generic_source, **counts})
+    print(f"fetch: {counts['nanowire_images']} nanowire images ({counts['nanowire_masks']} masks) from "
+          f"{data.source}, {counts['generic_images']} pretraining images from {data.generic_source}; "
+          f"{len(problems)} file(s) not placed as they came (listed in {report})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,6 +211,10 @@ def _write_outputs(method: str, image_size: int, epochs: int, params_hash: str, 
         **{k: float(last[k]) for k in ("loss", "embedding_std", "effective_rank") if k in last},
         "n_images": len(data.images), "n_skipped_files": len(data.skipped),
     })
+    stats = ", ".join(f"{k.replace('_', ' ')} {float(last[k]):.3g}" for k in ("loss", "embedding_std", "effective_rank")
+                      if k in last)
+    print(f"pretrain {method}: {epochs} epochs on {len(data.images)} images at {image_size} px; last epoch {stats}; "
+          f"encoder {path}")
 
 
 def _add_args(parser: argparse.ArgumentParser) -> None:

@@ -192,6 +192,10 @@ def run_segment(cfg: Config, _args: argparse.Namespace) -> None:
         write_json("metrics/segment.json", {"median": metrics, "best": best, "image_size": sg.image_size,
                                             "classical": list(sg.classical), "headline_tests": tests,
                                             **downstream, "classical_downstream": classical_downstream})
+        at_best = ", ".join(f"{name} {metrics[name][f'n{n_best}']['dice']:.3f}" for name in methods
+                            if f"n{n_best}" in metrics[name])
+        print(f"segment: {len(results)} test masks scored over {results['n'].nunique()} training-set sizes; median "
+              f"test dice at n={n_best}: {at_best}; {encoder} chosen on validation")
         mlflow.log_params({"best_encoder": encoder, "best_n": n_best})
         mlflow.log_metrics(_flat_metrics("downstream.", downstream))
         mlflow.log_artifact("metrics/segment_results.csv")
