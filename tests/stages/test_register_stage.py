@@ -177,3 +177,19 @@ def test_lbfgs_stopping_at_max_iter_is_one_line_and_other_warnings_pass(capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert "3 probe fit(s) stopped at probe.max_iter=1000" in out
+
+
+def test_libraries_deprecation_warnings_stay_hidden_as_python_hides_them():
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings\n"
+        "from nanomorph.stages.register import _convergence_in_one_line\n"
+        "with _convergence_in_one_line(10):\n"
+        "    warnings.warn_explicit('old api', DeprecationWarning, 'mlflow/models/utils.py', 211, module='mlflow.models.utils')\n"
+        "    warnings.warn('visible', UserWarning)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "visible" in done.stderr and "old api" not in done.stderr
