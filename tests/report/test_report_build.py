@@ -126,7 +126,8 @@ def test_missing_inputs_are_named_in_the_report(tmp_path):
     for text in ("metrics/validate.json is missing", "metrics/analyse.json is missing",
                  "metrics/morphology.csv is missing", "metrics/register.json is missing",
                  "metrics/probe_stats.csv is missing", "metrics/probe_advisor.csv is missing",
-                 "probe.json&#x27;s anchors are missing", "No figures under"):
+                 "probe.json&#x27;s anchors are missing", "No figures under",
+                 "repro_stage_times.json is missing"):
         assert text in page, text
     assert "morphology_plot" not in paths
     assert json.loads(paths["metrics"].read_text())["registry"] == {}
@@ -224,6 +225,25 @@ def test_real_data_section_shows_the_benchmark_beside_its_classical_baseline(tmp
     assert "366 real images" in section and "| training images | real_barlow_twins | otsu |" in section
     assert "| 4 | 0.610 | 0.580 |" in section and "0.020" in section
     assert "generator_realism.png is missing" in page      # no figure in this benchmarks folder: said, not hidden
+
+
+def test_stage_times_come_from_the_committed_benchmark_and_name_its_profile(tmp_path):
+    metrics = _metrics(tmp_path)
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "repro_stage_times.json").write_text(json.dumps({
+        "params": {"profile": "cpu", "commit": "0123456789abcdef"},
+        "machine": {"cpus": 2, "processor": "x86_64", "load_average_1min_start": 0.1},
+        "metrics": {"repro_seconds": 600.0, "stage_seconds": {"fetch": 20.0, "pretrain-simclr": 240.0},
+                    "overhead_seconds": 40.0, "outputs_compared": 30, "outputs_differing": []}}))
+    for profile, foreign in (("cpu", False), ("micro", True)):
+        paths = write_report(metrics, tmp_path / profile, profile, 8, (tmp_path / "a", tmp_path / "b"), benchmarks=bench)
+        page = paths["markdown"].read_text()
+        section = page[page.index("## Stage times"):]
+        assert "Profile cpu" in section and "commit 0123456789" in section and "10.0 min in all" in section
+        assert re.search(r"\| pretrain-simclr \| 240(\.0+)? \| 40% \|", section), section
+        assert "0 of 30 outputs differed" in section
+        assert ("not this report's profile, micro" in section) == foreign
 
 
 def test_headline_names_what_the_encoders_were_pretrained_on(tmp_path):

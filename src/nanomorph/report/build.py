@@ -354,6 +354,30 @@ def _realism_section(benchmarks: Path) -> Section:
     return section.add("figure", Figure(figure, "Real TEM panels (left) next to generated images of the class"))
 
 
+def _stage_times_section(benchmarks: Path, profile: str) -> Section:
+    """Time per stage of a fresh clone's `dvc repro`, from benchmarks/repro_stage_times.py's committed JSON (a
+    stage cannot time its own pipeline without making the report differ from run to run)."""
+    section = Section("Stage times (a fresh clone's dvc repro)")
+    result = _read_json(benchmarks / "repro_stage_times.json")
+    if not result:
+        return section.add("missing", f"{benchmarks.as_posix()}/repro_stage_times.json is missing: run "
+                                      "benchmarks/repro_stage_times.py.")
+    measured, machine, m = result.get("params", {}), result.get("machine", {}), result.get("metrics", {})
+    stages = m.get("stage_seconds", {})
+    total = m.get("repro_seconds", float("nan"))
+    other = "" if measured.get("profile") == profile else f" (not this report's profile, {profile})"
+    commit = str(measured.get("commit", "?"))[:10]
+    section.add("text", f"Profile {measured.get('profile', '?')}{other}, commit {commit}, "
+                        f"{machine.get('cpus', '?')} CPUs ({machine.get('processor', '?')}), load average "
+                        f"{machine.get('load_average_1min_start', '?')} at the start: {total / 60:.1f} min in all "
+                        f"(target 15 min), of which {m.get('overhead_seconds', float('nan')):.0f} s is dvc and "
+                        f"process start-up between stages; {len(m.get('outputs_differing', []))} of "
+                        f"{m.get('outputs_compared', '?')} outputs differed from the committed dvc.lock.")
+    rows = pd.DataFrame({"stage": list(stages), "seconds": list(stages.values())})
+    rows["share of the repro"] = [f"{v / total:.0%}" for v in rows["seconds"]]
+    return section.add("table", rows)
+
+
 def _statistics_section(metrics_dir: Path) -> Section:
     section = Section("Statistics: paired tests of the probes")
     path = metrics_dir / "probe_stats.csv"
@@ -514,6 +538,7 @@ def write_report(metrics_dir: Path, out_dir: Path, profile: str, probe_n: int,
         _morphology_section(metrics_dir, out_dir, paths),
         *([_pretraining_section(metrics_dir, out_dir, paths, pretraining[0])] if pretraining else []),
         _registry_section(_read_json(metrics_dir / "register.json")),
+        _stage_times_section(benchmarks, profile),
         _validation_section(headline["validate"]),
     ]
     title = f"nanomorph report (profile {profile})"
