@@ -74,7 +74,9 @@ def main() -> int:
             params["profile"] = profile
             (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         store = work / "mlflow.db"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PYTHONPATH": str(work / "src")}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PYTHONPATH": str(work / "src"),
+               # the stages' `python` is this interpreter (its environment), as for a user with the venv active
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         load_start = os.getloadavg()[0]
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, capture_output=True,
