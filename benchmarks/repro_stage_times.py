@@ -90,6 +90,9 @@ def main() -> int:
         differing = sorted(p for p in committed.keys() | produced.keys() if committed.get(p) != produced.get(p))
         stages = stage_seconds(store)
         log_bytes = len(done.stdout.encode()) + len(done.stderr.encode())
+        ran = [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage '")]
+        skipped = [line.split("'")[1] for line in done.stdout.splitlines()
+                   if line.startswith("Stage '") and "skipping" in line]
 
     import torch
 
@@ -103,6 +106,8 @@ def main() -> int:
                     "stages_total_seconds": round(sum(stages.values()), 1),
                     "overhead_seconds": round(total - sum(stages.values()), 1),
                     "within_15_minutes": total <= BUDGET_SECONDS, "log_bytes": log_bytes,
+                    # a stage whose outputs are all committed to git (and whose deps match) is up to date
+                    "stages_run": ran, "stages_up_to_date": skipped,
                     "outputs_compared": len(committed), "outputs_differing": differing},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
