@@ -9,7 +9,6 @@ argument list the stages spelled out by hand before those mappings existed, so n
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 import subprocess

@@ -5,6 +5,11 @@ registered as champions."""
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +109,28 @@ def tiny_registry(tmp_path_factory) -> Iterator[TinyRegistry]:
         mlflow.set_tracking_uri(previous_uri)
     yield TinyRegistry(root, tracking_uri, encoder, probe, unet, images, files, file_images)
     shutil.rmtree(root, ignore_errors=True)
+
+
+# Helpers for the tests that start `nanomorph serve` (test_serve_http.py, test_readme_downstream.py).
+STARTUP_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")

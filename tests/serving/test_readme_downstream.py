@@ -15,9 +15,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -25,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SIZE
+from conftest import SIZE, free_port, wait_ready
 from nanomorph.serving.models import atypicality_limit
 from nanomorph.probe.features import extract_features
 from nanomorph.serving.package import log_classifier, log_segmenter
@@ -46,14 +43,6 @@ def readme_commands() -> list[str]:
         if tokens:
             commands.append(tokens)
     return commands
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture()
@@ -108,23 +97,14 @@ def _run(tokens: list[str], project: Path) -> subprocess.CompletedProcess:
 
 
 def _serve_until_ready(tokens: list[str], project: Path) -> None:
-    port = _free_port()
+    port = free_port()
     tokens = [str(port) if t == "5001" else t for t in tokens]
     log = project / "serve.log"
     with log.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "nanomorph.cli", *tokens[1:]], cwd=project,
                                   env=_env(project), stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
-        pytest.fail(f"`{shlex.join(tokens)}` not ready after 180 s:\n{log.read_text()[-3000:]}")
+        wait_ready(f"http://127.0.0.1:{port}", server, log)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -7,10 +7,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLASSIFIER
+from conftest import CLASSIFIER, free_port, wait_ready
 
-STARTUP_TIMEOUT_S = 180
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -33,27 +30,6 @@ def _readme_curl(port: int) -> str:
     command = "\n".join(lines[start : end + 1])
     assert "127.0.0.1:5001" in command, command
     return command.replace("127.0.0.1:5001", f"127.0.0.1:{port}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def _post(url: str, payload: dict) -> dict:
@@ -75,7 +51,7 @@ def _post_status(url: str, payload: dict) -> tuple[int, str]:
 
 
 def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     # mlflow execs `uvicorn` by name: find this interpreter's one even when the venv is not activated.
@@ -94,7 +70,7 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
              "--port", str(port)],
             stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tiny_registry.root, start_new_session=True)
     try:
-        _wait_ready(url, server, log)
+        wait_ready(url, server, log)
         data = [[str(allowed / path.name)] for path in tiny_registry.files[:-1]] + [[tiny_registry.files[-1].name]]
         by_path = _post(url, {"dataframe_split": {"columns": ["path"], "data": data}})
         inline = _post(url, {"dataframe_records": [{"image": tiny_registry.file_images[0].tolist()}],
