@@ -5,7 +5,7 @@ For every seed, SimCLR and Barlow Twins are pretrained with the settings of a pa
 random-init encoder of the same architecture under the same seed -- embeds the procedural nanowire set
 (4 classes x 100 images at 128 px, generator seed 0, decoded at the profile's image size like the probe
 stage does). A linear probe is fitted on `--labels-per-class` labels per class and scored on the held-out
-20 % over `--split-seeds` stratified splits (nanomorph.probe.sweep.label_budget_sweep, the profile's probe
+20 % over `--split-seeds` stratified splits (nanomorph.probe.sweep.probe_sweep, the profile's probe
 settings). Reported: the median accuracy over splits per encoder and seed, and each pretrained encoder's
 margin over the random-init encoder of the same seed.
 
@@ -38,7 +38,8 @@ from nanomorph.data.layout import find_images, find_nanowire_dataset
 from nanomorph.data.synthetic import write_generic_em_dataset, write_nanowire_dataset
 from nanomorph.models.encoder import random_encoder
 from nanomorph.probe.features import extract_features
-from nanomorph.probe.sweep import label_budget_sweep
+from nanomorph.probe.solvers import SolverSettings
+from nanomorph.probe.sweep import probe_sweep
 from nanomorph.ssl.train import pretrain
 
 
@@ -54,9 +55,9 @@ def make_data(work: Path, classes: tuple[str, ...], image_size: int, source_size
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, cfg, n: int, split_seeds: int) -> dict[str, float]:
     pr = cfg.probe
-    table = label_budget_sweep(features, labels, sizes=[n], split_seeds=list(range(split_seeds)),
-                               test_fraction=pr.test_fraction, C=pr.C, max_iter=pr.max_iter, solver=pr.solver,
-                               tol=pr.tol)
+    settings = SolverSettings(solver=pr.solver, C=pr.C, tol=pr.tol, max_iter=pr.max_iter)
+    table = probe_sweep({("features", 0): features}, labels, [n], list(range(split_seeds)), pr.test_fraction,
+                        settings, classifiers=("linear",)).table
     acc = table["accuracy"]
     return {"median_accuracy": float(acc.median()), "accuracy_q1": float(acc.quantile(0.25)),
             "accuracy_q3": float(acc.quantile(0.75)), "splits": int(len(acc))}

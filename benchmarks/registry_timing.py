@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,9 @@ from nanomorph.data.io import to_unit_range
 from nanomorph.data.synthetic import CLASSES, generate_nanowire_image
 from nanomorph.models.encoder import random_encoder, save_encoder
 from nanomorph.serving.package import log_classifier, log_segmenter
-from nanomorph.serving.train import train_classifier, train_unet
+from nanomorph.probe.features import extract_features
+from nanomorph.probe.linear import fit_linear_probe
+from nanomorph.serving.train import train_unet
 from nanomorph.tracking import server
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import register_version
@@ -48,7 +49,8 @@ def _models(work: Path):
     labels = np.repeat(list(CLASSES), 2)
     encoder = random_encoder("resnet18", seed=0)
     encoder_path = save_encoder(work / "encoder.pt", encoder, {"method": "random"})
-    probe = train_classifier(encoder, images, labels, C=1.0, max_iter=200, seed=0)
+    probe = fit_linear_probe(extract_features(encoder, images), labels.astype(str), C=1.0, max_iter=200, seed=0,
+                             tol=1e-4)
     unet = train_unet(encoder.resnet_state_dict(), images, masks, arch="resnet18", epochs=1, lr=1e-3,
                       batch_size=4, freeze_encoder=True, seed=0)
     return {

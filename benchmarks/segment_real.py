@@ -53,7 +53,7 @@ from nanomorph.config import load_config
 from nanomorph.data.io import load_image_stack
 from nanomorph.models.encoder import load_encoder, random_encoder
 from nanomorph.probe.splits import nested_subsets
-from nanomorph.segment.datasets import IMAGE_SUFFIXES, emps_pairs, folder_pairs, load_pairs, split_three_ways
+from real_pairs import IMAGE_SUFFIXES, emps_pairs, folder_pairs, load_pairs, split_three_ways
 from nanomorph.probe.stats import pairwise_wilcoxon
 from nanomorph.segment.classical import CLASSICAL_SEGMENTERS, fit_classical
 from nanomorph.segment.metrics import dice_iou

@@ -24,7 +24,7 @@ def register_project(tmp_path: Path, beat_classical: bool = False) -> Path:
     """A tiny project the register stage can run in: micro params, 16 synthetic 32 px images with masks in a
     validated manifest, two random-init "pretrained" encoders and a segment metrics file."""
     from nanomorph.data.synthetic import CLASSES, write_nanowire_dataset
-    from nanomorph.data.validation import sha256_of
+    from nanomorph.data.io import file_digest
     from nanomorph.models.encoder import random_encoder, save_encoder
 
     project = tmp_path / "project"
@@ -42,7 +42,7 @@ def register_project(tmp_path: Path, beat_classical: bool = False) -> Path:
         label = image.parent.parent.name
         rows.append({"kind": "nanowire", "path": str(image.relative_to(project)), "label": label,
                      "mask_path": str((image.parent.parent / "labels" / f"{image.stem}.png").relative_to(project)),
-                     "sha256": sha256_of(image), "status": "ok"})
+                     "sha256": file_digest(image), "status": "ok"})
     (project / "data/validated").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(project / "data/validated/manifest.csv", index=False)
     for seed, name in enumerate(("simclr", "barlow_twins"), start=1):

@@ -71,9 +71,9 @@ def _section(cfg: Any, cls: type, name: str) -> Any:
 def _device(device: Any) -> Any:
     if device is not None:
         return device
-    import torch
+    from nanomorph.models.precision import best_device  # imported here: torch loads on first use
 
-    return "cuda" if torch.cuda.is_available() else "cpu"  # the stages' choice (stages._common.best_device)
+    return best_device()
 
 
 def _paths(source: Any) -> list[Path] | None:

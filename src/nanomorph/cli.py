@@ -14,6 +14,8 @@ COMMANDS = {
     "validate": "nanomorph.stages.validate",
     "pretrain": "nanomorph.stages.pretrain",
     "probe": "nanomorph.stages.probe",
+    "anchors": "nanomorph.stages.anchors",
+    "advisor": "nanomorph.stages.advisor",
     "segment": "nanomorph.stages.segment",
     "analyse": "nanomorph.stages.analyse",
     "register": "nanomorph.stages.register",

@@ -13,7 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from nanomorph.probe.batched import ProbeTask, fit_dual, solve_probes, standardise
-from nanomorph.probe.sweep import label_budget_runs, label_budget_sweep
+from nanomorph.probe.sweep import label_budget_runs
+from single_sweep import label_budget_sweep
 
 CLASSES = np.array(["bundle", "dispersed", "network", "singular"])
 

@@ -1,4 +1,5 @@
-"""The probe stage end to end on a tiny generated image set with the random-init encoder (no pretraining)."""
+"""The probe stage and the two stages that read its features (anchors, advisor) end to end on a tiny generated
+image set with the random-init encoder (no pretraining)."""
 
 import hashlib
 import json
@@ -12,6 +13,8 @@ import yaml
 from PIL import Image
 
 from nanomorph.stages._common import stage_main
+from nanomorph.stages.advisor import run_advisor
+from nanomorph.stages.anchors import run_anchors
 from nanomorph.stages.probe import run_probe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,10 +68,9 @@ def test_stage_writes_every_output_and_reuses_its_feature_cache(project):
     results = pd.read_csv("metrics/probe_results.csv")
     assert list(results.columns[:5]) == ["encoder", "classifier", "encoder_seed", "split_seed", "n"]
     assert set(results.encoder) == {"random", "random+knn"} and len(results) == 2 * 2 * 2
-    for name in ("probe_stats", "probe_anchor", "probe_advisor", "probe_summary"):
+    for name in ("probe_stats", "probe_summary"):
         assert len(pd.read_csv(f"metrics/{name}.csv")) > 0, name
-    anchors = pd.read_csv("metrics/probe_anchor.csv")
-    assert len(anchors) == 6 and (anchors.density_network > anchors.density_dispersed).all()
+    assert not Path("metrics/probe_anchor.csv").exists() and not Path("metrics/probe_advisor.csv").exists()
     figures = sorted(p.name for p in Path("figures/probe").glob("*.png"))
     assert figures == ["accuracy_vs_labels.png", "confusion_n2.png", "tsne_random.png"]
     first = json.loads(Path("metrics/probe.json").read_text())
@@ -96,3 +98,41 @@ def test_bad_figure_budget_is_a_one_line_error(project, capsys):
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stage_main("probe", run_probe, argv=[]) == 2
     assert "probe.figure_n = 3 is not one of probe.labels_per_class" in capsys.readouterr().err
+
+
+def test_anchors_and_advisor_read_the_probe_stages_features_without_writing_them(project):
+    assert stage_main("probe", run_probe, argv=[]) == 0
+    cache = {p.name: p.read_bytes() for p in Path("data/features").iterdir()}
+
+    assert stage_main("anchors", run_anchors, argv=[]) == 0
+    anchors = pd.read_csv("metrics/probe_anchor.csv")
+    assert len(anchors) == 6 and (anchors.density_network > anchors.density_dispersed).all()
+    summary = json.loads(Path("metrics/anchors.json").read_text())
+    assert set(summary) == {"random"} and summary["random"]["probes"] == 6
+    assert summary["random"]["inverted"] == int(anchors.inverted.sum())
+
+    assert stage_main("advisor", run_advisor, argv=[]) == 0
+    advisor = pd.read_csv("metrics/probe_advisor.csv")
+    assert advisor[["encoder", "k", "seeds"]].values.tolist() == [["random", 4, 2]]
+    payload = json.loads(Path("metrics/advisor.json").read_text())
+    assert payload["random"]["k4"]["advisor"] == pytest.approx(advisor.advisor_accuracy[0])
+    assert {p.name: p.read_bytes() for p in Path("data/features").iterdir()} == cache
+
+
+def test_anchors_before_the_probe_stage_is_a_one_line_error(project, capsys):
+    assert stage_main("anchors", run_anchors, argv=[]) == 2
+    err = capsys.readouterr().err
+    assert "holds no features of encoder 'random'" in err and "run the probe stage first" in err
+    assert not Path("data/features").exists() and not Path("metrics/probe_anchor.csv").exists()
+
+
+def test_each_probe_family_stage_depends_on_its_own_settings_only():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = {name: set(stages[name]["params"]) for name in ("probe", "anchors", "advisor")}
+    assert "probe" not in params["probe"]  # not the whole section
+    assert not {k for k in params["probe"] if "anchor" in k or "advisor" in k}
+    assert "probe.scale.cpu.anchor_probes" in params["anchors"] and not {k for k in params["anchors"] if "advisor" in k}
+    assert {"probe.advisor_budgets", "probe.scale.cpu.advisor_seeds"} <= params["advisor"]
+    assert not {k for k in params["advisor"] if "anchor" in k or "labels_per_class" in k}
+    for name in ("anchors", "advisor"):
+        assert "data/features" in stages[name]["deps"]

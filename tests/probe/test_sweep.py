@@ -4,7 +4,8 @@ import pytest
 
 from nanomorph.probe.linear import fit_linear_probe
 from nanomorph.probe.splits import stratified_split
-from nanomorph.probe.sweep import label_budget_runs, label_budget_sweep, summarise_sweep
+from nanomorph.probe.sweep import label_budget_runs
+from single_sweep import label_budget_sweep
 
 CLASSES = np.array(["bundle", "dispersed", "network", "singular"])
 LABELS = np.repeat(CLASSES, 50)
@@ -79,21 +80,6 @@ def test_unknown_classifier_and_oversized_budget():
     with pytest.warns(UserWarning, match="skipping size 41"):
         df = label_budget_sweep(_informative(), LABELS, [1, 41], [0], 0.2)
     assert df.n.tolist() == [1]
-
-
-def test_summarise_sweep_median_and_iqr():
-    df = pd.DataFrame(
-        {"split_seed": [0, 1, 2, 3, 0, 1], "n": [1, 1, 1, 1, 8, 8],
-         "accuracy": [0.1, 0.2, 0.3, 0.4, 0.9, 1.0], "macro_f1": [0.0, 0.2, 0.2, 0.4, 0.8, 1.0]}
-    )
-    s = summarise_sweep(df).set_index("n")
-    assert s.loc[1, "runs"] == 4
-    assert s.loc[1, "accuracy_median"] == pytest.approx(0.25)
-    assert s.loc[1, "accuracy_iqr"] == pytest.approx(0.325 - 0.175)
-    assert s.loc[8, "accuracy_median"] == pytest.approx(0.95)
-    assert s.loc[1, "macro_f1_median"] == pytest.approx(0.2)
-    by_encoder = summarise_sweep(pd.concat([df.assign(encoder="a"), df.assign(encoder="b")]))
-    assert len(by_encoder) == 4 and list(by_encoder.columns[:2]) == ["encoder", "n"]
 
 
 def test_probe_sweep_tidy_table_with_knn_rows_and_encoder_seeds():

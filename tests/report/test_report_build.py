@@ -54,7 +54,7 @@ def _metrics(tmp_path: Path, with_optional: bool = True) -> Path:
         anchors = {"probes": 6, "inverted": 2, "median_accuracy_inverted": 0.41, "median_accuracy_ordered": 0.62,
                    "mann_whitney_p": 0.2, "spearman_rho_atypicality": -0.42, "spearman_p": 0.03,
                    "spearman_rho_density_gap": 0.3, "spearman_p_density_gap": 0.1}
-        (metrics / "probe.json").write_text(json.dumps({"anchors": {"simclr": anchors, "random": anchors}}))
+        (metrics / "anchors.json").write_text(json.dumps({"simclr": anchors, "random": anchors}))
         # simclr's advisor wins at k = 4 and 8; random's only at k = 4.
         pd.DataFrame([{"encoder": e, "encoder_seed": 0, "k": k, "seeds": 20, "advisor_accuracy": 0.7,
                        "random_accuracy": 0.6, "advisor_minus_random": 0.1, "advisor_wins": 18,
@@ -126,7 +126,7 @@ def test_missing_inputs_are_named_in_the_report(tmp_path):
     for text in ("metrics/validate.json is missing", "metrics/analyse.json is missing",
                  "metrics/morphology.csv is missing", "metrics/register.json is missing",
                  "metrics/probe_stats.csv is missing", "metrics/probe_advisor.csv is missing",
-                 "probe.json&#x27;s anchors are missing", "No figures under",
+                 "metrics/anchors.json is missing", "No figures under",
                  "repro_stage_times.json is missing"):
         assert text in page, text
     assert "morphology_plot" not in paths

@@ -10,7 +10,6 @@ import functools
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist

@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from nanomorph.models.dihedral import SYMMETRIES, turn
-from nanomorph.ssl.views import make_view_transform, two_views
+from nanomorph.ssl.views import make_view_transform
+
+
+def two_views(batch: torch.Tensor, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views of every image of a (B, 1, H, W) batch, the transform called image by image (as view_data does)."""
+    return (torch.stack([transform(image) for image in batch]), torch.stack([transform(image) for image in batch]))
 
 
 def test_two_views_shapes_and_range():

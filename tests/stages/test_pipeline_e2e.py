@@ -87,8 +87,8 @@ def project(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
 def test_repro_runs_every_stage_then_is_a_noop(project):
     work, env = project
     first = _run([sys.executable, "-m", "dvc", "repro"], work, env)
-    assert {"fetch", "validate", "pretrain@simclr", "pretrain@barlow_twins", "probe", "segment", "analyse",
-            "register", "report"} <= _ran_stages(first.stdout)
+    assert {"fetch", "validate", "pretrain@simclr", "pretrain@barlow_twins", "probe", "anchors", "advisor", "segment",
+            "analyse", "register", "report"} <= _ran_stages(first.stdout)
     assert "mlflow ui --backend-store-uri" in first.stdout
     # Not a terminal: no progress-bar frames in the log (tqdm redraws with carriage returns).
     assert "\r" not in first.stdout + first.stderr
@@ -125,8 +125,13 @@ def test_changing_one_param_reruns_only_its_dependants(project):
     work, env = project
     _set_param(work / "params.yaml", "probe.C", 0.5)
     third = _run([sys.executable, "-m", "dvc", "repro"], work, env)
-    # register cross-validates probes with probe.C to pick its encoder, and fits the deployed probe with it
-    assert _ran_stages(third.stdout) == {"probe", "register", "report"}
+    # register cross-validates probes with probe.C to pick its encoder, and fits the deployed probe with it;
+    # the anchor study and the advisor fit probes with it too
+    assert _ran_stages(third.stdout) == {"probe", "anchors", "advisor", "register", "report"}
+    # The advisor's own setting re-runs the advisor (and the report showing it), not the sweep (issue 16).
+    _set_param(work / "params.yaml", "probe.advisor_budgets", [4, 8])
+    fourth = _run([sys.executable, "-m", "dvc", "repro"], work, env)
+    assert _ran_stages(fourth.stdout) == {"advisor", "report"}
 
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], work, env)
     headline = json.loads(metrics.stdout)[""]["data"]["reports/headline.json"]["data"]

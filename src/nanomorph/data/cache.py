@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nanomorph.data.io import DEFAULT_MAX_PIXELS, load_image_stack
+from nanomorph.data.io import DEFAULT_MAX_PIXELS, file_digest, load_image_stack
 from nanomorph.errors import ImageReadError
 
 DECODER_VERSION = 1
 _DECODING_LIBRARIES = ("numpy", "pillow", "tifffile", "scikit-image")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,6 @@ class CachedImages:
     paths: tuple[Path, ...]
     skipped: tuple[tuple[Path, str], ...]
     key: str
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(file_digests: Sequence[str], size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
@@ -66,7 +57,7 @@ def cache_key(file_digests: Sequence[str], size: int, max_pixels: int = DEFAULT_
 
 def _digest(path: Path) -> str:
     try:
-        return file_sha256(path)
+        return file_digest(path)
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
 

@@ -10,6 +10,7 @@ non-TIFF files; it is a process-wide setting, so this module leaves it alone.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,12 @@ from nanomorph.errors import ImageReadError
 DEFAULT_MAX_PIXELS = 100_000_000
 TIFF_SUFFIXES = (".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (streamed by the standard library's `hashlib.file_digest`)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def _check_file(path: Path) -> None:

@@ -14,7 +14,6 @@ or mirrored copy (a common augmentation) is caught as well.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +24,11 @@ import tifffile
 from PIL import Image
 from skimage.color import rgb2gray
 
-from nanomorph.data.io import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, decode, read_mask, to_unit_range
+from nanomorph.data.io import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, decode, file_digest, read_mask, to_unit_range
 from nanomorph.data.layout import Sample, display_path
 from nanomorph.errors import ImageReadError, NanomorphError
 
 MAX_LISTED_MASK_VALUES = 8
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,7 +174,7 @@ def measure(sample: Sample, kind: str, max_pixels: int = DEFAULT_MAX_PIXELS, has
         row["name_error"] = f"{shown}: file name is not valid UTF-8 (undecodable bytes shown as %XX); rename the file"
     hashes = None
     try:
-        row["sha256"] = sha256_of(sample.image)
+        row["sha256"] = file_digest(sample.image)
         raw = decode(sample.image, max_pixels)
         pixels = gray_unit(raw)
         row["mode"], row["bit_depth"] = storage_format(sample.image)

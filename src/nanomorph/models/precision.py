@@ -1,4 +1,4 @@
-"""Mixed precision on the CPU: bfloat16 autocast where the CPU computes it natively.
+"""The device to compute on, and mixed precision on the CPU: bfloat16 autocast where the CPU computes it natively.
 
 On a CPU with AVX512-BF16 or AMX, bf16 autocast made the cpu profile's pretraining steps 1.4x and U-Net
 training + prediction 1.8x faster than float32 (benchmarks/results/cpu_bf16_speed.json); elsewhere bf16 is
@@ -10,6 +10,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+
+def best_device() -> str:
+    """CUDA when present (the paper profile on GPU runners), else CPU: every stage's, the API's and the served
+    models' choice."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cpu_has_bf16() -> bool:

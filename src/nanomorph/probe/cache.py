@@ -116,6 +116,14 @@ class FeatureCache:
             return None
         return features
 
+    def stored(self, name: str, encoder_seed: int, encoder: nn.Module, image_size: int, image_set_hash: str,
+               n_images: int, device: str = "cpu", stages: tuple[str, ...] = ("layer4",),
+               dihedral: bool = False) -> np.ndarray | None:
+        """The features `get_or_extract` would return, if they are stored; never extracts or writes (for the
+        stages that read what the probe stage cached)."""
+        parts = self.key(encoder_fingerprint(encoder), image_size, image_set_hash, stages, dihedral, device)
+        return self.lookup(name, encoder_seed, parts, n_images)
+
     def get_or_extract(self, name: str, encoder_seed: int, encoder: nn.Module, image_size: int,
                        image_set_hash: str, n_images: int, load_images: Callable[[], np.ndarray],
                        batch_size: int = 64, device: str = "cpu", progress: bool = False,

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from nanomorph.config import ProbeConfig
 
 CLASSIFIERS = ("linear", "knn")
-# Columns that identify a group of runs in `summarise_sweep` when the caller has added them.
-GROUP_KEYS = ("encoder", "classifier")
 # Columns that identify one probe of a sweep table.
 SWEEP_KEYS = ("encoder", "classifier", "encoder_seed", "split_seed", "n")
 
@@ -163,49 +161,3 @@ def sweep_arguments(section: ProbeConfig) -> dict[str, Any]:
     """
     return dict(sizes=section.labels_per_class, split_seeds=list(range(section.split_seeds)),
                 settings=solver_settings(section), knn_k=section.knn_k)
-
-
-def label_budget_sweep(
-    features: np.ndarray,
-    labels: np.ndarray,
-    sizes: Sequence[int],
-    split_seeds: Sequence[int],
-    test_fraction: float,
-    C: float = 1.0,
-    max_iter: int = 1000,
-    classifier: str = "linear",
-    solver: str = "batched",
-    tol: float = 1e-8,
-) -> pd.DataFrame:
-    """One feature matrix, one classifier: rows split_seed, n, accuracy, macro_f1, recall_<class>."""
-    features = np.asarray(features)
-    if len(features) != len(labels):
-        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
-    if classifier not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier '{classifier}' (choose from {', '.join(CLASSIFIERS)})")
-    settings = SolverSettings(solver=solver, C=C, tol=tol, max_iter=max_iter)
-    result = probe_sweep({("features", 0): features}, labels, sizes, split_seeds, test_fraction, settings,
-                         classifiers=(classifier,))
-    return result.table.drop(columns=["encoder", "classifier", "encoder_seed"]).reset_index(drop=True)
-
-
-def summarise_sweep(df: pd.DataFrame) -> pd.DataFrame:
-    """Median and interquartile range of accuracy (and median macro-F1) per n over split seeds.
-
-    Rows are also grouped by any of `GROUP_KEYS` present, so concatenated sweeps of several encoders
-    summarise per encoder.
-    """
-    keys = [k for k in GROUP_KEYS if k in df.columns] + ["n"]
-    grouped = df.groupby(keys, sort=True)
-    acc = grouped["accuracy"]
-    summary = pd.DataFrame(
-        {
-            "runs": acc.size(),
-            "accuracy_median": acc.median(),
-            "accuracy_q1": acc.quantile(0.25),
-            "accuracy_q3": acc.quantile(0.75),
-            "macro_f1_median": grouped["macro_f1"].median(),
-        }
-    )
-    summary["accuracy_iqr"] = summary["accuracy_q3"] - summary["accuracy_q1"]
-    return summary.reset_index()

@@ -394,9 +394,9 @@ def _anchor_section(metrics_dir: Path, out_dir: Path, paths: dict[str, Path]) ->
     """The paper's anchor study (its Fig. 3): which one-shot probes fail, and whether anchor choice explains it."""
     section = Section("Anchor study: one labelled image per class (paper Fig. 3)")
     table_path = metrics_dir / "probe_anchor.csv"
-    summary = _read_json(metrics_dir / "probe.json").get("anchors", {})
+    summary = _read_json(metrics_dir / "anchors.json")
     if not table_path.is_file() or not summary:
-        return section.add("missing", "metrics/probe_anchor.csv or probe.json's anchors are missing: run the probe "
+        return section.add("missing", "metrics/probe_anchor.csv or metrics/anchors.json is missing: run the anchors "
                                       "stage.")
     section.add("text", "Each one-shot probe is trained on one anchor image per class. Atypicality: the anchors' "
                         "mean distance to their class centre (1 = an ordinary member); inverted: the dispersed "
@@ -419,7 +419,7 @@ def _advisor_section(metrics_dir: Path) -> Section:
     section = Section("Label-budget advisor: which images to label first")
     path = metrics_dir / "probe_advisor.csv"
     if not path.is_file():
-        return section.add("missing", "metrics/probe_advisor.csv is missing: run the probe stage.")
+        return section.add("missing", "metrics/probe_advisor.csv is missing: run the advisor stage.")
     advisor = pd.read_csv(path)
     section.add("text", "The advisor proposes k images to label (k-means on the unlabelled features, the image "
                         "nearest each centre); the probe trained on them is compared with probes trained on "

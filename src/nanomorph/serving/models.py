@@ -19,7 +19,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 
 from nanomorph.errors import NanomorphError
 from nanomorph.models.weights import load_weights
@@ -27,6 +26,7 @@ from nanomorph.analysis.density import pixel_density
 from nanomorph.analysis.objects import count_objects
 from nanomorph.analysis.percolation import percolates
 from nanomorph.models.encoder import load_encoder
+from nanomorph.models.precision import best_device
 from nanomorph.probe.features import extract_features
 from nanomorph.segment.model import build_unet
 from nanomorph.segment.tiling import tiled_mask
@@ -50,10 +50,6 @@ def _served_images(frame: pd.DataFrame) -> list[np.ndarray]:
 
 def _read_config(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_probe(path: str | Path):
@@ -97,7 +93,7 @@ class NanowireClassifier(mlflow.pyfunc.PythonModel):
         self.atypicality_limit = config.get("atypicality_limit")
         if self.classes != list(config["classes"]):
             raise ValueError(f"probe classes {self.classes} differ from the config's {config['classes']}")
-        self.device = _device()
+        self.device = best_device()
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         """Pooled encoder features (N, D) of the images, each resized to the training size first."""
@@ -139,7 +135,7 @@ class NanowireSegmenter(mlflow.pyfunc.PythonModel):
         self.unet = build_unet(config["arch"], encoder_state=None, freeze_encoder=False)
         self.unet.load_state_dict(load_weights(artifacts["unet"]), strict=True)
         self.unet.eval()
-        self.device = _device()
+        self.device = best_device()
 
     def masks(self, images: list[np.ndarray], tiled: bool = False) -> list[np.ndarray]:
         """Boolean mask per image at the image's own size.

@@ -1,4 +1,5 @@
-"""Training the deployable models on every image they are given (the register stage's training part)."""
+"""Training the deployable U-Net on every image it is given (the register stage's training part; the probe it
+registers is `nanomorph.probe.linear.fit_linear_probe` on the encoder's features)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import segmentation_models_pytorch as smp
-from sklearn.pipeline import Pipeline
-from torch import nn
 
-from nanomorph.probe.features import extract_features
-from nanomorph.probe.linear import fit_linear_probe
 from nanomorph.segment.sweep import seeded_unet
 from nanomorph.segment.train import train_segmenter
 
 if TYPE_CHECKING:
     from nanomorph.config import SegmentConfig
-
-
-def train_classifier(encoder: nn.Module, images: np.ndarray, labels: np.ndarray, *, C: float, max_iter: int,
-                     seed: int, tol: float = 1e-4, device: str = "cpu") -> Pipeline:
-    """Linear softmax probe on the frozen encoder's features of (N, S, S) [0, 1] images (the probe stage's
-    model, fitted on all the given images instead of an n-per-class subset)."""
-    features = extract_features(encoder, images, batch_size=64, device=device)
-    return fit_linear_probe(features, np.asarray(labels).astype(str), C=C, max_iter=max_iter, seed=seed, tol=tol)
 
 
 def unet_arguments(section: SegmentConfig, n_images: int) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def step_views(images: torch.Tensor, transform: Callable, seed: int, step: int,
     with torch.random.fork_rng(devices=[]):
         for position, image in enumerate(images, start=first_position):
             torch.default_generator.manual_seed(derived_seed(seed, step, position, 2))
-            # Called per image, like views.two_views, so no two images or views share parameters.
+            # Called per image (see views.py) so that no two images or views share random parameters.
             view1.append(transform(image))
             view2.append(transform(image))
     return torch.stack(view1), torch.stack(view2)

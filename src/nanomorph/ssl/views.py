@@ -9,7 +9,7 @@ is equally likely -- a micrograph has no up or left); `blur_p` a Gaussian blur (
 defocus); `noise_std` additive Gaussian noise of a std drawn uniformly from 0 to `noise_std` (shot noise, grain).
 
 v2 transforms draw ONE set of random parameters per call, so a batched (B, 1, H, W) tensor would get the same
-crop, flip and jitter on every image. `two_views` therefore applies the transform image by image. The
+crop, flip and jitter on every image; the transform is therefore applied image by image. The
 training loop (train.py) builds each image's views under a (seed, step, position in the step's batch) seed,
 in the training process by default on CPU -- there they cost ~3.5 % of a step (benchmarks/
 pretrain_throughput.py: 15 ms of 0.43 s for resnet18, 64 px, batch 64 on 2 cores) and DataLoader workers
@@ -74,14 +74,3 @@ def _random_noise(image: torch.Tensor, max_std: float) -> torch.Tensor:
     """Add N(0, s^2) noise, s ~ U(0, max_std), from torch's global generator (seeded per image by the loop)."""
     std = float(torch.rand(())) * max_std
     return image + std * torch.randn_like(image)
-
-
-def two_views(batch: torch.Tensor, transform: v2.Compose) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independently augmented views of every image of a (B, 1, H, W) batch, each (B, 1, S, S).
-
-    The transform is called once per image and view, so no two images (or views) share crop/flip/jitter
-    parameters. Randomness comes from torch's global generator; seed it to make the views reproducible.
-    """
-    view1 = torch.stack([transform(image) for image in batch])
-    view2 = torch.stack([transform(image) for image in batch])
-    return view1, view2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import numbers
 import os
 import signal
 import sys
@@ -91,15 +93,21 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def best_device() -> str:
-    """CUDA when present (paper profile on GPU runners), else CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def write_json(path: str | Path, payload: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN/inf (an undefined test) become null, numpy scalars plain numbers; containers recursively."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return value

@@ -37,9 +37,10 @@ from nanomorph.data.layout import IMAGE_SUFFIXES, display_path, find_images
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import save_encoder
+from nanomorph.models.precision import best_device
 from nanomorph.ssl.checkpoints import CHECKPOINT_FORMAT
 from nanomorph.ssl.train import pretrain, pretrain_arguments
-from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
+from nanomorph.stages._common import stage_main, tracked, write_json, on_terminal
 
 METHODS = ("simclr", "barlow_twins")
 

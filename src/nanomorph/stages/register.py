@@ -47,6 +47,7 @@ from nanomorph.data.io import load_image_stack, load_mask_stack, read_image, rea
 from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import resolve_encoder
+from nanomorph.models.precision import best_device
 from nanomorph.probe.classical import NAME as CLASSICAL
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
@@ -60,7 +61,7 @@ from nanomorph.serving.package import (
     classifier_config, classifier_content, log_classifier, log_segmenter, segmenter_config, segmenter_content,
 )
 from nanomorph.serving.train import train_unet, unet_arguments
-from nanomorph.stages._common import best_device, stage_main, tracked, write_json, on_terminal
+from nanomorph.stages._common import stage_main, tracked, write_json, on_terminal
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import (
     CHALLENGER, CHAMPION, CONTENT_TAG, Decision, apply_decision, promotion_decision, promotion_enabled,

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from nanomorph.errors import NanomorphError
-from nanomorph.segment.datasets import emps_pairs, folder_pairs, load_pairs, read_ids, split_three_ways
+from real_pairs import emps_pairs, folder_pairs, load_pairs, read_ids, split_three_ways
 
 
 def _write_emps(root, ids, header=None):
