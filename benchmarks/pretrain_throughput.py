@@ -1,15 +1,21 @@
-"""How close does the pretraining loop come to the speed of its model alone?
+"""How close does the pretraining loop come to the speed of a plain model, alone and beside a busy process?
 
-Measures, in one process and on one device:
-  loop     images/s of `nanomorph.ssl.train.pretrain` (batch selection, per-image views, forward, backward,
-           optimiser and scheduler step, logging), from the wall time between consecutive per-step log calls;
-  ceiling  images/s of the same optimiser step (`_train_step`: forward, backward, step) on pre-made view
-           tensors of the same shape, i.e. with no data or augmentation work at all;
-and reports loop / ceiling, peak RSS, and peak CUDA memory on CUDA. Warm-up steps are excluded from both.
-Both are measured on medians of per-step times, over `--repeats` alternating rounds: on a shared machine a
-few steps can take many times the usual time, and a median is robust to them while a mean is not.
+Measures, in one process and on one device, in source images per second (each gives two views):
+  loop     `nanomorph.ssl.train.pretrain` (batch selection, per-image views, forward, backward, optimiser and
+           scheduler step, logging): the median wall time between consecutive per-step log calls;
+  epoch    the same loop over whole epochs of `--epoch-images` images, everything included (views, steps,
+           logging, the per-epoch collapse monitor, a checkpoint written every epoch), from the first step's
+           log call to the last epoch's end;
+  ceiling  the loop's own optimiser step (`_train_step`: forward, backward, step) on pre-made view tensors;
+  plain    a plain torchvision ResNet (`torchvision.models.<arch>`, its stem taking 1 channel like the
+           encoder's, a 1024-way head) forward + cross-entropy backward + SGD step on random tensors of the
+           views' shape (2 x batch, 1, S, S): the model alone, none of this project's code;
+and the ratios loop / plain, epoch / plain and loop / ceiling. With `--busy` the loop and the plain model are
+timed again beside one busy process (another plain model training on the same cores, torch's default
+threads) and each keeps its share of its alone figure. Warm-up steps are excluded. Medians of per-step times
+over `--repeats` alternating rounds: on a shared machine a few steps can take many times the usual time.
 
-    python benchmarks/pretrain_throughput.py --arch resnet18 --image-size 64 --batch-size 64 --steps 20
+    python benchmarks/pretrain_throughput.py --arch resnet18 --image-size 64 --batch-size 64 --steps 20 --busy
 """
 
 from __future__ import annotations
@@ -24,8 +30,13 @@ import time
 import warnings
 from pathlib import Path
 
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 import torch
+import torchvision
 from torch.optim.lr_scheduler import LambdaLR
 
 from _tracking import benchmark_run
@@ -65,6 +76,30 @@ def ceiling_step_seconds(args: argparse.Namespace) -> list[float]:
     return seconds[args.warmup:]
 
 
+def plain_model(arch: str) -> torch.nn.Module:
+    """torchvision's ResNet with a 1-channel stem (as the encoder's) and a 1024-way head."""
+    model = getattr(torchvision.models, arch)(num_classes=PROJECTOR_DIMS[-1])
+    model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def plain_step_seconds(args: argparse.Namespace, steps: int | None = None) -> list[float]:
+    """Seconds per step of a plain torchvision ResNet: forward, cross-entropy, backward, SGD step."""
+    torch.manual_seed(0)
+    model = plain_model(args.arch).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
+    x = torch.rand(2 * args.batch_size, 1, args.image_size, args.image_size)
+    target = torch.randint(0, PROJECTOR_DIMS[-1], (2 * args.batch_size,))
+    seconds = []
+    for _ in range(args.warmup + (steps or args.steps)):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds[args.warmup:]
+
+
 def loop_step_seconds(args: argparse.Namespace) -> list[float]:
     """Seconds per step of the real pretraining loop, over one epoch of random source images.
 
@@ -80,12 +115,42 @@ def loop_step_seconds(args: argparse.Namespace) -> list[float]:
         stamps.setdefault(step, time.perf_counter())  # the first call per step is the per-step one
 
     pretrain(images, method=args.method, arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-             epochs=1, lr=0.2, momentum=0.9, weight_decay=1e-6, warmup_epochs=0, temperature=0.1, lambd=0.005,
+             epochs=1, optimizer=args.optimizer, lr=args.lr, momentum=0.9, weight_decay=1e-6, warmup_epochs=0,
+             temperature=0.1, lambd=0.005,
              projector_dims=PROJECTOR_DIMS, crop_side=(0.25, 0.5), flip_p=0.5, jitter_p=0.8, brightness=0.4,
              contrast=0.4, seed=0, checkpoint_path=None, checkpoint_every=0, device=args.device, log_fn=stamp,
              progress=False, view_workers=args.view_workers)
     timed = range(args.warmup + 1, args.warmup + args.steps + 1)
     return [stamps[step] - stamps[step - 1] for step in timed]
+
+
+def epoch_images_per_s(args: argparse.Namespace) -> float:
+    """Source images/s of whole epochs of the loop, monitor and per-epoch checkpoints included (the first
+    step, which builds the optimiser state, left out)."""
+    rng = np.random.default_rng(1)
+    images = rng.random((args.epoch_images, args.source_size, args.source_size), dtype=np.float32)
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pretrain(images, method=args.method, arch=args.arch, image_size=args.image_size,
+                 batch_size=args.batch_size, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
+                 momentum=0.9, weight_decay=1e-6, warmup_epochs=0,
+                 temperature=0.1, lambd=0.005, projector_dims=PROJECTOR_DIMS, crop_side=(0.5, 1.0),
+                 flip_p=0.5, jitter_p=0.8, brightness=0.4, contrast=0.4, seed=0,
+                 checkpoint_path=Path(tmp) / "checkpoint.pt", checkpoint_every=1, device=args.device,
+                 log_fn=lambda metrics, step: stamps.append(time.perf_counter()), progress=False,
+                 view_workers=args.view_workers)
+    steps = args.epochs * (args.epoch_images // args.batch_size)
+    return (steps - 1) * args.batch_size / (stamps[-1] - stamps[0])
+
+
+def busy_process(args: argparse.Namespace) -> subprocess.Popen:
+    """Another process training a plain model on the same cores until killed (torch's default threads)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import argparse, pretrain_throughput as b; "
+            f"a = argparse.Namespace(arch={args.arch!r}, batch_size={args.batch_size}, "
+            f"image_size={args.image_size}, warmup=0, steps=10**9); b.plain_step_seconds(a)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent)])
+    time.sleep(10)  # past its start-up
+    return process
 
 
 def views_step_seconds(args: argparse.Namespace) -> list[float]:
@@ -119,6 +184,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of ceiling and loop")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--optimizer", default="sgd", help="the loop's optimiser (the cpu profile's: adamw)")
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--epoch-images", type=int, default=400, help="images per epoch of the `epoch` figure")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the `epoch` figure")
+    parser.add_argument("--busy", action="store_true", help="also time loop and plain beside a busy process")
     parser.add_argument("--view-workers", type=int, default=None,
                         help="DataLoader processes building views (default: pretrain's, 0 on CPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pretrain_throughput.json"))
@@ -128,14 +198,21 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*collapsing to a point")
     logging.getLogger("nanomorph.ssl").setLevel(logging.ERROR)
 
-    ceiling_s, loop_s = [], []
-    for _ in range(args.repeats):  # alternate, so a slow phase of the machine hits both alike
+    ceiling_s, loop_s, plain_s = [], [], []
+    for _ in range(args.repeats):  # alternate, so a slow phase of the machine hits all alike
         ceiling_s += ceiling_step_seconds(args)
         loop_s += loop_step_seconds(args)
+        plain_s += plain_step_seconds(args)
     loop, ceiling = args.batch_size / np.median(loop_s), args.batch_size / np.median(ceiling_s)
+    plain = args.batch_size / np.median(plain_s)
+    epoch = epoch_images_per_s(args)
     metrics = {
         "loop_images_per_s": loop,
+        "epoch_images_per_s": epoch,
         "ceiling_images_per_s": ceiling,
+        "plain_images_per_s": plain,
+        "loop_over_plain": loop / plain,
+        "epoch_over_plain": epoch / plain,
         "loop_over_ceiling": loop / ceiling,
         "views_seconds_per_step": float(np.median(views_step_seconds(args))),
         "loop_seconds_per_step": float(np.median(loop_s)),
@@ -143,6 +220,20 @@ def main() -> None:
         "ceiling_images_per_s_mean": args.batch_size * len(ceiling_s) / sum(ceiling_s),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
     }
+    if args.busy:
+        busy = busy_process(args)
+        try:
+            busy_loop, busy_plain = [], []
+            for _ in range(args.repeats):
+                busy_loop += loop_step_seconds(args)
+                busy_plain += plain_step_seconds(args)
+        finally:
+            busy.kill()
+            busy.wait()
+        metrics["busy_loop_images_per_s"] = args.batch_size / np.median(busy_loop)
+        metrics["busy_plain_images_per_s"] = args.batch_size / np.median(busy_plain)
+        metrics["busy_loop_over_alone"] = metrics["busy_loop_images_per_s"] / loop
+        metrics["busy_plain_over_alone"] = metrics["busy_plain_images_per_s"] / plain
     if args.device.startswith("cuda"):
         metrics["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     params = {k: v for k, v in vars(args).items() if k != "out"}
