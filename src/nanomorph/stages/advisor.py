@@ -10,7 +10,6 @@ metrics/advisor.json.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import mlflow
@@ -22,6 +21,7 @@ from nanomorph.probe.advisor import evaluate_advisor, summarise_advisor
 from nanomorph.probe.sweep import solver_settings
 from nanomorph.stages._common import finite, on_terminal, stage_main, tracked, write_json
 from nanomorph.stages._probe_inputs import feature_sets, probe_data
+from nanomorph.tracking.runs import log_defined_metrics
 
 # The advisor is evaluated on split seeds the sweep never uses (held out from anything tuned on the sweep).
 ADVISOR_SEED_OFFSET = 10_000
@@ -46,7 +46,7 @@ def run_advisor(cfg: Config, _args: argparse.Namespace) -> None:
                 {"advisor": r.advisor_accuracy, "random": r.random_accuracy, "wilcoxon_p": r.wilcoxon_p})
         write_json("metrics/advisor.json", payload)
         metrics = {f"{r.encoder}.advisor_minus_random.k{r.k}": r.advisor_minus_random for r in summary.itertuples()}
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        log_defined_metrics(metrics)
         mlflow.log_artifact("metrics/probe_advisor.csv")
         mlflow.log_artifact("metrics/advisor.json")
     print(f"advisor: {len(summary)} (encoder, k) pairs over {pr.advisor_seeds} held-out split seeds; advisor beat "

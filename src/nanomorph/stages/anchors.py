@@ -9,7 +9,6 @@ densities come from the true masks. -> metrics/probe_anchor.csv (one row per pro
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import mlflow
@@ -25,6 +24,7 @@ from nanomorph.probe.anchors import anchor_study, summarise_anchors
 from nanomorph.probe.sweep import solver_settings
 from nanomorph.stages._common import finite, on_terminal, stage_main, tracked, write_json
 from nanomorph.stages._probe_inputs import feature_sets, probe_data
+from nanomorph.tracking.runs import log_defined_metrics
 
 SPARSE_CLASS, DENSE_CLASS = "dispersed", "network"
 
@@ -66,7 +66,7 @@ def run_anchors(cfg: Config, _args: argparse.Namespace) -> None:
         for r in summary.itertuples():
             metrics.update({f"{r.encoder}.anchor_inverted_p": r.p, f"{r.encoder}.anchor_spearman_rho": r.spearman_rho,
                             f"{r.encoder}.anchor_gap_spearman_rho": r.gap_spearman_rho})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        log_defined_metrics(metrics)
         mlflow.log_artifact("metrics/probe_anchor.csv")
         mlflow.log_artifact("metrics/anchors.json")
     print(f"anchors: {pr.anchor_probes} one-shot probes per encoder; inverted "

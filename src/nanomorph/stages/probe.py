@@ -24,7 +24,6 @@ uses the same seed. The tables carry `encoder_seed` so sweeps over several pretr
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from nanomorph.probe.sweep import label_budget_runs, probe_sweep, solver_setting
 from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 from nanomorph.stages._common import finite, on_terminal, stage_main, tracked, write_json
 from nanomorph.stages._probe_inputs import FEATURE_DIR, feature_sets, probe_data
-from nanomorph.tracking.runs import log_curve
+from nanomorph.tracking.runs import log_curve, log_defined_metrics
 
 FIGURE_DIR = Path("figures/probe")
 BASELINES = ("random", CLASSICAL)   # what every pretrained encoder is compared with
@@ -168,7 +167,7 @@ def run_probe(cfg: Config, _args: argparse.Namespace) -> None:
         metrics["sweep_seconds"] = sweep_seconds
         metrics["feature_cache_reused"] = hits
         metrics["feature_cache_extracted"] = len(entries) - hits
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        log_defined_metrics(metrics)
         for method, by_n in per_n.items():  # accuracy-vs-labels curves in the MLflow UI (step = labels per class)
             log_curve(f"{method.replace('+', '-')}.median_accuracy", {int(k[1:]): v for k, v in by_n.items()})
         for path in ("metrics/probe_results.csv", "metrics/probe_summary.csv", "metrics/probe_stats.csv",

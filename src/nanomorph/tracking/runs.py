@@ -9,6 +9,7 @@ unless MLFLOW_TRACKING_URI says otherwise.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -118,6 +119,14 @@ def log_curve(name: str, values: Mapping[int, float]) -> None:
 
     for step, value in sorted(values.items()):
         mlflow.log_metric(name, float(value), step=int(step))
+
+
+def log_defined_metrics(metrics: Mapping[str, float | None]) -> None:
+    """Log the metrics that are defined: None, NaN or inf (e.g. an undefined test) is left out, as MLflow
+    cannot chart it."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
 
 
 def log_parent_metrics(run: Any, metrics: Mapping[str, float]) -> None:
