@@ -12,18 +12,30 @@ Measures, in one process and on one device, in source images per second (each gi
            views' shape (2 x batch, 1, S, S): the model alone, none of this project's code;
 and the ratios loop / plain, epoch / plain and loop / ceiling. With `--busy` the loop and the plain model are
 timed again beside one busy process (another plain model training on the same cores, torch's default
-threads) and each keeps its share of its alone figure. Warm-up steps are excluded. Medians of per-step times
-over `--repeats` alternating rounds: on a shared machine a few steps can take many times the usual time.
+threads), in a process started after it as a stage would be, and each keeps its share of its alone figure.
+Warm-up steps are excluded. Medians of per-step times over `--repeats` alternating rounds: on a shared
+machine a few steps can take many times the usual time.
+
+Everything runs as `dvc repro` runs it: `nanomorph.stages` is imported first, with its CPU kernel pin and
+its OpenMP wait policy (threads spin on quiet CPUs and wait passively when other processes keep them busy
+at start; `wait_policy` and `busy_wait_policy` record which one each measuring process got).
 
     python benchmarks/pretrain_throughput.py --arch resnet18 --image-size 64 --batch-size 64 --steps 20 --busy
 """
 
 from __future__ import annotations
 
+import os
+
+# The environment before nanomorph.stages adds its settings: the busy process and the busy measurement start
+# from it, so each makes its own choices as a process started beside the other would.
+ENVIRONMENT = dict(os.environ)
+
+import nanomorph.stages  # noqa: F401  first, before torch loads: the stages' kernel pin and wait policy
+
 import argparse
 import json
 import logging
-import os
 import platform
 import resource
 import time
@@ -125,8 +137,8 @@ def loop_step_seconds(args: argparse.Namespace) -> list[float]:
 
 
 def epoch_images_per_s(args: argparse.Namespace) -> float:
-    """Source images/s of whole epochs of the loop, monitor and per-epoch checkpoints included (the first
-    step, which builds the optimiser state, left out)."""
+    """Source images/s of whole epochs of the loop, monitor and a checkpoint at the end of every epoch included
+    (the first step, which builds the optimiser state, left out)."""
     rng = np.random.default_rng(1)
     images = rng.random((args.epoch_images, args.source_size, args.source_size), dtype=np.float32)
     stamps: list[float] = []
@@ -136,7 +148,8 @@ def epoch_images_per_s(args: argparse.Namespace) -> float:
                  momentum=0.9, weight_decay=1e-6, warmup_epochs=0,
                  temperature=0.1, lambd=0.005, projector_dims=PROJECTOR_DIMS, crop_side=(0.5, 1.0),
                  flip_p=0.5, jitter_p=0.8, brightness=0.4, contrast=0.4, seed=0,
-                 checkpoint_path=Path(tmp) / "checkpoint.pt", checkpoint_every=1, device=args.device,
+                 checkpoint_path=Path(tmp) / "checkpoint.pt", checkpoint_every=args.epoch_images // args.batch_size,
+                 device=args.device,
                  log_fn=lambda metrics, step: stamps.append(time.perf_counter()), progress=False,
                  view_workers=args.view_workers)
     steps = args.epochs * (args.epoch_images // args.batch_size)
@@ -148,9 +161,31 @@ def busy_process(args: argparse.Namespace) -> subprocess.Popen:
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import argparse, pretrain_throughput as b; "
             f"a = argparse.Namespace(arch={args.arch!r}, batch_size={args.batch_size}, "
             f"image_size={args.image_size}, warmup=0, steps=10**9); b.plain_step_seconds(a)")
-    process = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent)])
+    process = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent)], env=ENVIRONMENT)
     time.sleep(10)  # past its start-up
     return process
+
+
+def busy_measurement(args: argparse.Namespace) -> dict:
+    """Loop and plain step seconds (`--repeats` alternating rounds) from a process started now, beside the busy
+    one: as a stage started on busy CPUs, it makes its own start-up choices (the wait policy)."""
+    argv = [sys.executable, __file__, "--busy-child", "--arch", args.arch, "--method", args.method,
+            "--image-size", str(args.image_size), "--source-size", str(args.source_size),
+            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--repeats", str(args.repeats), "--device", args.device, "--optimizer", args.optimizer,
+            "--lr", str(args.lr)]
+    if args.view_workers is not None:
+        argv += ["--view-workers", str(args.view_workers)]
+    done = subprocess.run(argv, env=ENVIRONMENT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def busy_child(args: argparse.Namespace) -> None:
+    times = {"loop": [], "plain": [], "wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
+    for _ in range(args.repeats):
+        times["loop"] += loop_step_seconds(args)
+        times["plain"] += plain_step_seconds(args)
+    print(json.dumps(times))
 
 
 def views_step_seconds(args: argparse.Namespace) -> list[float]:
@@ -192,11 +227,15 @@ def main() -> None:
     parser.add_argument("--view-workers", type=int, default=None,
                         help="DataLoader processes building views (default: pretrain's, 0 on CPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pretrain_throughput.json"))
+    parser.add_argument("--busy-child", action="store_true", help=argparse.SUPPRESS)  # see busy_measurement
     args = parser.parse_args()
     args.source_size = args.source_size or 2 * args.image_size
     # The source images are uniform noise, with nothing to learn; the collapse monitor says so every run.
     warnings.filterwarnings("ignore", message=".*collapsing to a point")
     logging.getLogger("nanomorph.ssl").setLevel(logging.ERROR)
+    if args.busy_child:
+        busy_child(args)
+        return
 
     ceiling_s, loop_s, plain_s = [], [], []
     for _ in range(args.repeats):  # alternate, so a slow phase of the machine hits all alike
@@ -220,30 +259,30 @@ def main() -> None:
         "ceiling_images_per_s_mean": args.batch_size * len(ceiling_s) / sum(ceiling_s),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
     }
+    wait_policies = {"wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
     if args.busy:
         busy = busy_process(args)
         try:
-            busy_loop, busy_plain = [], []
-            for _ in range(args.repeats):
-                busy_loop += loop_step_seconds(args)
-                busy_plain += plain_step_seconds(args)
+            busy_times = busy_measurement(args)
         finally:
             busy.kill()
             busy.wait()
-        metrics["busy_loop_images_per_s"] = args.batch_size / np.median(busy_loop)
-        metrics["busy_plain_images_per_s"] = args.batch_size / np.median(busy_plain)
+        wait_policies["busy_wait_policy"] = busy_times["wait_policy"]
+        metrics["busy_loop_images_per_s"] = args.batch_size / np.median(busy_times["loop"])
+        metrics["busy_plain_images_per_s"] = args.batch_size / np.median(busy_times["plain"])
         metrics["busy_loop_over_alone"] = metrics["busy_loop_images_per_s"] / loop
         metrics["busy_plain_over_alone"] = metrics["busy_plain_images_per_s"] / plain
     if args.device.startswith("cuda"):
         metrics["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    params = {k: v for k, v in vars(args).items() if k != "out"}
+    params = {k: v for k, v in vars(args).items() if k not in ("out", "busy_child")}
     machine = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-               "python": platform.python_version(),
+               "python": platform.python_version(), "kernels": torch.backends.cpu.get_cpu_capability(),
+               **wait_policies,
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"params": params, "machine": machine, "metrics": metrics}, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
-    log_to_mlflow(params, metrics)
+    log_to_mlflow({**params, **wait_policies}, metrics)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ receptive field) once untimed on a 64 px crop (warm-up), then time it once on th
 megapixels of IMAGE per second, tiles, the largest model input side, the pixels the network processed
 relative to the image (halo recomputation), and memory: peak RSS of the process (VmHWM, /proc), the RSS
 before inference (model + image + warm-up) and `inference_mib` = peak - before - output, the working set of
-one window (input + activations), which is bounded by the largest window, not by the side.
+one window (input + activations): every image larger than one window is run in windows of one side, so it
+is the same for every such side (`memory_same_beyond_one_window` in the summary compares the sides).
 
 For sides up to --whole-max, whole-image inference (`whole_image_probabilities`: one forward pass on the
 image padded to a multiple of 32) is measured the same way in another fresh process, which then makes
@@ -49,7 +50,7 @@ from nanomorph.data.synthetic import CLASSES, generate_nanowire_image
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.sweep import seeded_unet
 from nanomorph.segment.tiling import (
-    DEFAULT_TILE_SIZE, axis_tiles, default_halo, padded_length, tiled_probabilities, whole_image_probabilities,
+    axis_tiles, default_halo, default_tile_size, padded_length, tiled_probabilities, whole_image_probabilities,
 )
 from nanomorph.segment.train import train_segmenter
 
@@ -130,11 +131,13 @@ def _timed(fn, model, image: np.ndarray) -> tuple[dict, np.ndarray]:
             "peak_rss_mib": peak, "output_mib": output, "inference_mib": peak - before - output}, prob
 
 
-def measure_tiled(arch: str, model_path: Path, image_path: Path, tile_size: int) -> tuple[dict, np.ndarray | None]:
+def measure_tiled(arch: str, model_path: Path, image_path: Path,
+                  tile_size: int | None) -> tuple[dict, np.ndarray | None]:
     torch.set_grad_enabled(False)
     model, image = _setup(arch, model_path, image_path)
     out, prob = _timed(lambda m, x: tiled_probabilities(m, x, tile_size=tile_size), model, image)
     halo = default_halo(model)
+    tile_size = default_tile_size(halo) if tile_size is None else tile_size
     tiles = axis_tiles(image.shape[0], tile_size, halo)
     processed = sum(stop - start for start, stop, _, _ in tiles)
     out.update({"tile_size": tile_size, "halo": halo, "tiles": len(tiles) ** 2,
@@ -143,7 +146,7 @@ def measure_tiled(arch: str, model_path: Path, image_path: Path, tile_size: int)
     return out, prob if image.shape[0] <= 2048 else None
 
 
-def measure_whole(arch: str, model_path: Path, image_path: Path, tile_size: int,
+def measure_whole(arch: str, model_path: Path, image_path: Path, tile_size: int | None,
                   repeats: int) -> tuple[dict, np.ndarray, dict]:
     """Whole-image inference's time and memory (its first run), then the throughput ratio from `repeats`
     alternating runs of whole-image and tiled inference, best of each: the cores are shared with other jobs,
@@ -206,6 +209,11 @@ def summarise(results: dict) -> dict:
         if "seams" in entry:
             seams = entry["seams"]
             summary["max_abs_diff"][f"{side}_tile{seams['tile_size']}"] = seams["max_abs_diff_vs_tiled"]
+    # The memory target: sides run in more than one window (all of one shape) should need the same memory.
+    tiled = [entry["tiled"]["inference_mib"] for entry in results.values() if entry["tiled"]["tiles"] > 1]
+    if len(tiled) > 1:
+        summary["memory_same_beyond_one_window"] = {"sides": len(tiled),
+                                                    "inference_mib_max_over_min": max(tiled) / min(tiled)}
     return summary
 
 
@@ -229,7 +237,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="core side of a tile")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="core side of a tile (default: the library's, windows of DEFAULT_WINDOW px)")
     parser.add_argument("--whole-max", type=int, default=2048, help="also time whole-image inference up to this side")
     parser.add_argument("--seam-side", type=int, default=1024)
     parser.add_argument("--seam-tile-size", type=int, default=256,

@@ -7,9 +7,10 @@ reflect-padded after (bottom, right) to a multiple of 32 and cropped back; for s
 
 Tiles. Along each padded axis the image is cut into cores (the pixels a tile outputs) and each core is run
 with a halo of real pixels on both sides, except where the core meets the image border, which is the
-border of the whole image too; the output keeps only the core (no blending). A forward pass thus sees a
-window of at most `tile_size + 2 * halo` per side. Three things make a window's core equal to the same
-pixels of whole-image inference:
+border of the whole image too; the output keeps only the core (no blending). Every window of an image
+larger than one window is `tile_size + 2 * halo` per side (`axis_tiles`), so every forward pass has one
+shape. By default that side is DEFAULT_WINDOW (2048): `tile_size` = 2048 - 2 * halo. Three things make a
+window's core equal to the same pixels of whole-image inference:
   * the halo covers the network's receptive field (`receptive_radius`), so every core pixel is computed
     from the same input pixels, and the zero padding at a window edge inside the image does not reach it;
   * window origins are multiples of 32, the U-Net's total stride, so pooling and strided convolutions sample
@@ -24,15 +25,17 @@ max |p_tiled - p_whole| <= 1e-4 (tests, benchmarks/segment_tiled_inference.py); 
 bit for bit, at 1024^2 and 2048^2 with the trained resnet18 U-Net and in every test. An image whose padded
 sides fit in one window is one forward pass identical to whole-image inference.
 
-Cost. Tiling recomputes the halos: along an axis of padded length P split into n cores the network sees
-P + 2 * halo * (n - 1) pixels. The resnet18 U-Net's receptive radius is 344 px (halo 352), so with the
-default 1024 px core a 1024^2 image is one pass (1.0x whole-image compute), 2048^2 costs 1.8x, 4096^2 2.3x
-and 8192^2 2.6x; a larger `tile_size` lowers that at the price of memory per window. A smaller explicit
-`halo` is cheaper but no longer exact near seams.
+Cost. Tiling recomputes the halos: along an axis of padded length P the network sees n windows of W
+pixels, n = ceil((P - 2 * halo) / tile_size). The resnet18 U-Net's receptive radius is 344 px (halo 352),
+so with the default 2048 px window (1344 px core) images up to 2048^2 are one pass (1.0x whole-image
+compute) and 4096^2 and 8192^2 cost 2.25x; a larger window lowers that towards (W / tile_size)^2 at the
+price of memory per pass. A smaller explicit `halo` is cheaper but no longer exact near seams.
 
 Memory. Beyond the model, the large buffers are the image (the caller's; a memmap works, only windows are
 read), the output (float32 probabilities, or a boolean mask from `tiled_mask`; `out=` can be a memmap) and
-one window with its activations, whose size does not depend on the image.
+one window with its activations. Every image larger than one window is run in windows of the same side, so
+that part is the same for every such image, however large (about 1.6 GB on CPU for the resnet18 U-Net's
+2048 px window; benchmarks/segment_tiled_inference.py).
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ from nanomorph.segment.model import channels_last_inference
 # smp's U-Net halves the resolution five times and concatenates skips: window origins, halos and padded image
 # sides are multiples of 32.
 TILE_MULTIPLE = 32
-# Core side: 1024^2 images are one pass, and a resnet18 U-Net window is at most 1728 px (~1.4 GB on CPU).
-DEFAULT_TILE_SIZE = 1024
+# Side of every forward pass on an image larger than it: images up to 2048^2 (a common TEM camera) are one
+# pass, and a resnet18 U-Net pass at 2048 px holds ~1.6 GB on CPU.
+DEFAULT_WINDOW = 2048
 PROBE_SIDE = 64  # input side of the forward pass that `receptive_radius` observes
 _HALOS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()  # `default_halo` per model
 
@@ -114,21 +118,33 @@ def axis_tiles(length: int, tile_size: int, halo: int) -> list[tuple[int, int, i
     """(window start, window stop, core start, core stop) of the tiles along an axis of `length` image pixels.
 
     Positions are in the padded axis (`padded_length(length)` = P), multiples of 32. If P fits in one window
-    (P <= tile_size + 2 * halo) there is one tile, the whole axis. Otherwise the fewest cores whose windows
-    (core plus `halo` on each side, clipped to [0, P)) are at most tile_size + 2 * halo long: n windows
-    overlapping by 2 * halo span n * window - 2 * halo * (n - 1), so n = ceil((P - 2 * halo) / tile_size).
-    Cores are spread so the windows are as equal as the 32-pixel grid allows: the core boundaries divide
-    [halo, P - halo) into n near-equal parts (the two border windows need a halo on one side only).
+    (P <= W = tile_size + 2 * halo) there is one tile, the whole axis. Otherwise every window is exactly W
+    long, so every forward pass has the same shape and the memory of one pass does not depend on the image
+    (windows that shrank towards the border, or that varied with P, would let it grow towards W as images
+    grow). There are as few windows as cores of `tile_size` with a halo on both inner sides allow,
+    n = ceil((P - 2 * halo) / tile_size), with starts spread evenly over [0, P - W] on the 32-pixel grid.
+    Consecutive windows overlap by at least 2 * halo; the core boundary between them lies in the middle of
+    the part of the overlap where both have a halo, so each core pixel has at least `halo` pixels of context
+    in its window on each side that is not the border of the axis. The price is compute: the network sees
+    n * W pixels per axis instead of P + 2 * halo * (n - 1) for windows cut to the core (5 % more at 8192 px
+    per axis for the resnet18 U-Net's default window).
     """
     padded = padded_length(length)
-    if padded <= tile_size + 2 * halo:
+    window = tile_size + 2 * halo
+    if padded <= window:
         return [(0, padded, 0, padded)]
-    units, halo_units = padded // TILE_MULTIPLE, halo // TILE_MULTIPLE
-    n = -(-(units - 2 * halo_units) // (tile_size // TILE_MULTIPLE))
-    # Round half up in units of 32; consecutive boundaries differ by 1..tile_size/32 units as n is minimal.
-    inner = [halo_units + (2 * k * (units - 2 * halo_units) + n) // (2 * n) for k in range(1, n)]
-    bounds = [TILE_MULTIPLE * b for b in [0, *inner, units]]
-    return [(max(0, start - halo), min(padded, stop + halo), start, stop) for start, stop in zip(bounds, bounds[1:])]
+    units = (padded - window) // TILE_MULTIPLE
+    n = -(-(padded - 2 * halo) // tile_size)
+    # Spread P - W over n - 1 gaps of floor or ceil of their mean, each of 1..tile_size/32 units: n is minimal
+    # so (n - 1) * tile_size >= P - W, and n - 1 <= ceil((P - W) / tile_size) <= units.
+    starts = [TILE_MULTIPLE * (k * units // (n - 1)) for k in range(n)]
+    # Boundary k lies in [starts[k + 1] + halo, starts[k] + tile_size + halo] (both windows keep a halo), at
+    # its middle rounded down to the grid; consecutive boundaries differ by >= 32 as starts[k+1] - starts[k-1]
+    # >= 64.
+    inner = [halo + TILE_MULTIPLE * ((a + b + tile_size) // (2 * TILE_MULTIPLE)) for a, b in zip(starts, starts[1:])]
+    bounds = [0, *inner, padded]
+    return [(start, start + window, core_start, core_stop)
+            for start, core_start, core_stop in zip(starts, bounds, bounds[1:])]
 
 
 def _reflect(start: int, stop: int, length: int) -> np.ndarray:
@@ -184,15 +200,22 @@ def whole_image_probabilities(model: nn.Module, image: np.ndarray, *,
         return _probabilities(model, window[None], device)[0, :height, :width]
 
 
-def _core_probabilities(model: nn.Module, image: np.ndarray, tile_size: int, halo: int | None,
+def default_tile_size(halo: int) -> int:
+    """The core side whose window is DEFAULT_WINDOW for this halo (at least 32)."""
+    return max(TILE_MULTIPLE, DEFAULT_WINDOW - 2 * halo)
+
+
+def _core_probabilities(model: nn.Module, image: np.ndarray, tile_size: int | None, halo: int | None,
                         device: str | torch.device) -> Iterator[tuple[slice, slice, np.ndarray]]:
     """(rows, cols, probabilities) of each tile's core, clipped to the image, one forward pass at a time."""
-    if tile_size <= 0 or tile_size % TILE_MULTIPLE:
+    if tile_size is not None and (tile_size <= 0 or tile_size % TILE_MULTIPLE):
         raise ValueError(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
     if halo is None:
         halo = default_halo(model, device)  # before the block below: it sets the model's layout itself
     elif halo < 0 or halo % TILE_MULTIPLE:
         raise ValueError(f"halo must be a non-negative multiple of {TILE_MULTIPLE}, got {halo}")
+    if tile_size is None:
+        tile_size = default_tile_size(halo)
     height, width = image.shape
     row_tiles, col_tiles = axis_tiles(height, tile_size, halo), axis_tiles(width, tile_size, halo)
     with channels_last_inference(model, device):
@@ -209,7 +232,7 @@ def tiled_probabilities(
     model: nn.Module,
     image: np.ndarray,
     *,
-    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_size: int | None = None,
     halo: int | None = None,
     device: str | torch.device = "cpu",
     out: np.ndarray | None = None,
@@ -217,7 +240,8 @@ def tiled_probabilities(
     """Sigmoid probabilities (H, W) float32 of a 1-channel-in, 1-logit-out model on a [0, 1] image, by tiles.
 
     Equal to `whole_image_probabilities` up to float rounding (module docstring) with forward passes on
-    windows of at most `tile_size + 2 * halo` per side. `tile_size`: side of a tile's core, a multiple of 32.
+    windows of `tile_size + 2 * halo` per side. `tile_size`: side of a tile's core, a multiple of 32; None is
+    `default_tile_size(halo)`, windows of DEFAULT_WINDOW.
     `halo`: context on each side of a core, a multiple of 32; None is `default_halo(model)`, which makes the
     result exact. `out`: a float32 (H, W) array (e.g. a np.memmap) to write into; it is returned. The model
     is put in eval mode and run without gradients. Any H, W >= 1 works.
@@ -232,7 +256,7 @@ def tiled_probabilities(
     return out
 
 
-def tiled_mask(model: nn.Module, image: np.ndarray, *, threshold: float = 0.5, tile_size: int = DEFAULT_TILE_SIZE,
+def tiled_mask(model: nn.Module, image: np.ndarray, *, threshold: float = 0.5, tile_size: int | None = None,
                halo: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
     """Boolean (H, W) mask: `tiled_probabilities(model, image, ...) > threshold`, without a float32 map."""
     image = _as_image(image)
