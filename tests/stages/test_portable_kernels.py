@@ -14,7 +14,8 @@ PROBE = ("import json, os, nanomorph.stages, torch; "
 
 def _stage_process(**env_changes) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in
-           ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OPENBLAS_CORETYPE", "NANOMORPH_NATIVE_KERNELS")}
+           ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES",
+            "NANOMORPH_NATIVE_KERNELS")}
     env.update(env_changes)
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
@@ -32,7 +33,7 @@ def test_a_stage_process_runs_torch_on_avx2_kernels_whatever_the_cpu_offers():
     seen = _stage_process()
     assert seen["capability"] == "AVX2"
     assert seen["env"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
-                           "OPENBLAS_CORETYPE": "Haswell"}
+                           "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 
 
 def test_the_environment_wins_and_native_kernels_can_be_asked_for():

@@ -2,11 +2,11 @@
 `python -m nanomorph.stages.<stage>`.
 
 Importing this package (which both `python -m nanomorph.stages.<stage>` and `nanomorph <stage>` do before any
-numerical library loads) pins the CPU kernels of torch, oneDNN, MKL and OpenBLAS to their AVX2 code paths.
-Float results depend on the kernels' summation order, and each library otherwise picks the widest vector unit
+numerical library loads) pins the CPU kernels of torch, oneDNN, MKL, OpenBLAS and numpy to their AVX2 code
+paths. Float results depend on the kernels' summation order, and each library otherwise picks the widest vector unit
 of the machine (AVX2, AVX-512, AMX), so the committed dvc.lock would only reproduce on the CPU it came from.
 AVX2 is what every x86-64 server of the last decade has. A variable already set in the environment wins;
-NANOMORPH_NATIVE_KERNELS=1 leaves all four to the libraries (faster on AVX-512/AMX, not reproducible across
+NANOMORPH_NATIVE_KERNELS=1 leaves all five to the libraries (faster on AVX-512/AMX, not reproducible across
 CPUs).
 
 It also chooses how torch's OpenMP threads wait at the end of each parallel region, from how busy the CPUs
@@ -26,6 +26,8 @@ PORTABLE_KERNELS = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",    # oneDNN: torch's CPU convolutions
     "MKL_CBWR": "AVX2",              # MKL conditional numerical reproducibility: torch's CPU matmuls
     "OPENBLAS_CORETYPE": "Haswell",  # OpenBLAS of numpy / scipy / scikit-learn
+    # numpy's own SIMD dispatch (ufunc loops, sorting): its AVX-512 targets off, so numpy 2.x runs X86_V3 (AVX2)
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
 }
 
 if os.environ.get("NANOMORPH_NATIVE_KERNELS") != "1":
