@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-PROBE = ("import json, os, nanomorph.stages, torch; "
+PROBE = ("import json, os, nanomorph.stages, torch; from numpy._core._multiarray_umath import __cpu_features__; "
          "print(json.dumps({'capability': torch.backends.cpu.get_cpu_capability(), "
+         "'numpy_avx512': __cpu_features__['X86_V4'], "
          "'env': {k: os.environ.get(k) for k in nanomorph.stages.PORTABLE_KERNELS}}))")
 
 
@@ -32,6 +33,7 @@ def _has_avx2() -> bool:
 def test_a_stage_process_runs_torch_on_avx2_kernels_whatever_the_cpu_offers():
     seen = _stage_process()
     assert seen["capability"] == "AVX2"
+    assert seen["numpy_avx512"] is False  # numpy's dispatch honours the pin (on AVX-512 CPUs it would be True)
     assert seen["env"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
                            "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 
