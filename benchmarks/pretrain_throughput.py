@@ -169,19 +169,18 @@ def busy_process(args: argparse.Namespace) -> subprocess.Popen:
 def busy_measurement(args: argparse.Namespace) -> dict:
     """Loop and plain step seconds (`--repeats` alternating rounds) from a process started now, beside the busy
     one: as a stage started on busy CPUs, it makes its own start-up choices (the wait policy)."""
-    argv = [sys.executable, __file__, "--busy-child", "--arch", args.arch, "--method", args.method,
-            "--image-size", str(args.image_size), "--source-size", str(args.source_size),
-            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--repeats", str(args.repeats), "--device", args.device, "--optimizer", args.optimizer,
-            "--lr", str(args.lr)]
-    if args.view_workers is not None:
-        argv += ["--view-workers", str(args.view_workers)]
+    argv = [sys.executable, __file__, *sys.argv[1:], "--busy-child"]  # this run's arguments
     done = subprocess.run(argv, env=ENVIRONMENT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def wait_policy() -> str:
+    """The OpenMP wait policy this process's threads got (set by nanomorph.stages, or the environment)."""
+    return os.environ.get("OMP_WAIT_POLICY", "default (spin)")
+
+
 def busy_child(args: argparse.Namespace) -> None:
-    times = {"loop": [], "plain": [], "wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
+    times = {"loop": [], "plain": [], "wait_policy": wait_policy()}
     for _ in range(args.repeats):
         times["loop"] += loop_step_seconds(args)
         times["plain"] += plain_step_seconds(args)
@@ -259,7 +258,7 @@ def main() -> None:
         "ceiling_images_per_s_mean": args.batch_size * len(ceiling_s) / sum(ceiling_s),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
     }
-    wait_policies = {"wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spin)")}
+    wait_policies = {"wait_policy": wait_policy()}
     if args.busy:
         busy = busy_process(args)
         try:
