@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -75,3 +76,12 @@ def test_version_names_the_installed_package(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"nanomorph {version('nanomorph')}"
+
+
+def test_a_missing_path_with_undecodable_bytes_is_named_printably(tmp_path):
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/gone\xff.png")   # a surrogate-escaped name, as argv gives it
+    done = subprocess.run([sys.executable, "-m", "nanomorph.cli", "predict", odd],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    message = f"nanomorph predict: error: {tmp_path}/gone%FF.png: no such file or folder"
+    assert done.stderr.strip().splitlines() == [message]

@@ -90,7 +90,7 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
         elif path.exists():
             found.append(path)
         else:
-            raise NanomorphError(f"{path}: no such file or folder")
+            raise NanomorphError(f"{display_path(path)}: no such file or folder")  # printable, like every name
     return list(dict.fromkeys(found))
 
 

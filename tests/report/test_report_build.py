@@ -257,3 +257,23 @@ def test_headline_names_what_the_encoders_were_pretrained_on(tmp_path):
     unnamed = write_report(metrics, tmp_path / "plain", "micro", 8, (tmp_path / "a", tmp_path / "b"),
                            benchmarks=tmp_path / "benchmarks")["markdown"].read_text()
     assert "Pretrained encoders" not in unnamed
+
+
+def test_long_schedule_section_shows_the_benchmark_beside_both_baselines(tmp_path):
+    metrics = _metrics(tmp_path)
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    paths = write_report(metrics, tmp_path / "none", "micro", 8, (tmp_path / "a", tmp_path / "b"), benchmarks=bench)
+    assert "long_schedule_probe.json is missing" in paths["markdown"].read_text()   # said, not hidden
+    (bench / "long_schedule_probe.json").write_text(json.dumps({
+        "params": {"epochs": 200, "images": 400, "view_size": 64, "generator_seed": 0, "split_seeds": "0-19"},
+        "pretrain": {"seconds_this_process": 1800}, "machine": {"cpus": 2},
+        "median_accuracy": {"simclr_e200@128": {"1": 0.8, "8": 0.9}, "classical@64": {"1": 0.525, "8": 0.725}},
+        "paired_tests": [{"n": 8, "method_a": "simclr_e200@128", "method_b": "classical@64",
+                          "median_difference": 0.175, "p": 0.0001, "p_holm": 0.0008}]}))
+    paths = write_report(metrics, tmp_path / "reports", "micro", 8, (tmp_path / "a", tmp_path / "b"), benchmarks=bench)
+    page = paths["markdown"].read_text()
+    section = page[page.index("## Longer pretraining"):]
+    assert "200 epochs" in section and "seed 0" in section and "1000-1019" in section
+    assert "| labels/class | simclr_e200@128 | classical@64 |" in section
+    assert "| 8 | 0.900 | 0.725 |" in section and "0.175" in section and "0.001" in section
