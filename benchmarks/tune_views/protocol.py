@@ -29,13 +29,14 @@ def probe_rule(Z: np.ndarray, labels: np.ndarray, fit: np.ndarray, test: np.ndar
 
 
 def median_accuracy(labels: np.ndarray, predict: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-                    seen: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> tuple[dict, float]:
+                    seen: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                    sizes: tuple[int, ...] = SIZES) -> tuple[dict, float]:
     """({n: median test accuracy}, mean over n) of `predict(train, fit, test)` -> predicted labels of `test`;
     `seen(n, test, predicted)` is called with every prediction (e.g. to pool a confusion matrix)."""
-    acc = {n: [] for n in SIZES}
+    acc = {n: [] for n in sizes}
     for seed in SEEDS:
         train, test = as_rule(0.2).train_test(labels, seed)
-        for n, fit in nested_label_subsets(labels, train, list(SIZES), seed).items():
+        for n, fit in nested_label_subsets(labels, train, list(sizes), seed).items():
             predicted = predict(train, fit, test)
             acc[n].append(float((predicted == labels[test]).mean()))
             if seen is not None:

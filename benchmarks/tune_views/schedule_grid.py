@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol import probe_rule
+from protocol import median_accuracy, probe_rule
 from nanomorph.probe.features import extract_features
-from nanomorph.probe.splits import as_rule, nested_label_subsets
 from nanomorph.ssl.train import pretrain
 
-SIZES, SEEDS = (1, 2, 4, 8, 80), range(1000, 1020)
+SIZES = (1, 2, 4, 8, 80)  # split seeds: protocol.SEEDS (1000-1019)
 
 
 def cpu_arguments() -> dict:
@@ -35,15 +34,6 @@ def cpu_arguments() -> dict:
     from nanomorph.config import load_config
     from nanomorph.ssl.train import pretrain_arguments
     return pretrain_arguments(load_config("params.yaml", "cpu").pretrain, "simclr")
-
-
-def median_accuracy(Z: np.ndarray, labels: np.ndarray) -> dict:
-    acc = {n: [] for n in SIZES}
-    for seed in SEEDS:
-        train, test = as_rule(0.2).train_test(labels, seed)
-        for n, fit in nested_label_subsets(labels, train, list(SIZES), seed).items():
-            acc[n].append(float((probe_rule(Z, labels, fit, test) == labels[test]).mean()))
-    return {n: round(float(np.median(v)), 4) for n, v in acc.items()}
 
 
 def resized(task: np.ndarray, side: int) -> np.ndarray:
@@ -72,7 +62,7 @@ def main() -> None:
         for side in sorted({int(view), 64, 128}):
             Z = extract_features(result.encoder, resized(task, side), device=device, stages=("layer3", "layer4"),
                                  dihedral=True)
-            med = median_accuracy(Z, labels)
+            med, _ = median_accuracy(labels, lambda train, fit, test: probe_rule(Z, labels, fit, test), sizes=SIZES)
             row = {"spec": spec, "feature_side": side, "median": med,
                    "mean_n_le_8": round(float(np.mean([med[n] for n in SIZES if n <= 8])), 4),
                    "pretrain_s": seconds, "device": device, **last}
