@@ -5,8 +5,9 @@
 Folders are searched recursively for png/jpg/jpeg/tif/tiff files; files named on the command line are read
 whatever their suffix. Without --model and --segmenter both champions are used; naming one uses only that
 one. Writes DIR/predictions.csv (file, class, prob_<class>..., density, percolates, objects, overlay), one
-overlay PNG per segmented image (the wire mask in red over the image at its own size, a legend strip under it) under DIR/overlays, and
-DIR/skipped.csv listing every file that could not be used and why. A bad file never stops the batch.
+overlay PNG per segmented image (the wire mask in red over the image at its own size, a legend strip under it)
+under DIR/overlays, and DIR/skipped.csv listing every file that could not be used and why. A bad file never
+stops the batch.
 
 `--segmenter classical[:otsu|:local][:darker|:brighter]` segments with a classical threshold instead of a
 registered model (nanomorph.segment.classical; default global Otsu, objects darker than the background as in
@@ -235,7 +236,7 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
             image = read_image(path)
             problems = quality_problems(image, quality)
             if problems:
-                skipped.append({"file": shown, "reason": "not predicted: " + "; ".join(problems)})
+                skipped.append({"file": shown, "reason": "; ".join(problems)})
                 tqdm.write(f"skipped {shown}: {skipped[-1]['reason']}", file=sys.stderr)
                 continue
             frame = pd.DataFrame({"image": [image]})
@@ -252,7 +253,8 @@ def predict_files(files: list[Path], classifier: Any | None, segmenter: Any | No
                            objects=int(seg["objects"]))
                 overlay_dir.mkdir(exist_ok=True)
                 target = overlay_dir / _unique_name(display_path(path.stem), used)
-                caption = f"density {row['density']:.3f}, " + ("percolates" if row["percolates"] else "does not percolate")
+                caption = (f"density {row['density']:.3f}, "
+                           + ("percolates" if row["percolates"] else "does not percolate"))
                 Image.fromarray(overlay(image, mask, caption)).save(target)
                 row["overlay"] = display_path(target)
         except _PER_FILE_ERRORS as exc:

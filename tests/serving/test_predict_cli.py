@@ -143,9 +143,9 @@ def test_predict_skips_images_no_model_can_judge_and_survives_names_that_are_not
     assert (out / "overlays" / "caf%E9.png").is_file()
     skipped = pd.read_csv(out / "skipped.csv").set_index("file")["reason"].to_dict()
     assert skipped == {
-        f"{folder}/blank.png": "not predicted: blank or near-constant: intensity std 0.0000 < 0.005",
+        f"{folder}/blank.png": "blank or near-constant: intensity std 0.0000 < 0.005",
         f"{folder}/nan.tif": "float image contains NaN or infinite values",
-        f"{folder}/one_pixel.png": "not predicted: 1x1 px is below the 16 px minimum side; blank or near-constant: "
+        f"{folder}/one_pixel.png": "1x1 px is below the 16 px minimum side; blank or near-constant: "
                                    "intensity std 0.0000 < 0.005",
     }
 
@@ -235,7 +235,7 @@ def test_predict_skips_saturated_non_finite_and_undecodable_files_one_line_each(
         f"{folder}/bad%FF.png": "not a recognised image format (cannot identify the file)",
         f"{folder}/infinite.tif": "float image contains NaN or infinite values",
         f"{folder}/raw_counts.tif": "intensities must lie in [0, 1], got [0, 4000]; scale them first",
-        f"{folder}/saturated.png": "not predicted: saturated: 75.0% of pixels at 0 or 1 (> 50.0%)",
+        f"{folder}/saturated.png": "saturated: 75.0% of pixels at 0 or 1 (> 50.0%)",
     }
     lines = [line for line in captured.err.splitlines() if line.startswith("skipped ")]
     assert sorted(lines) == sorted(f"skipped {file}: {reason}" for file, reason in skipped.items())
