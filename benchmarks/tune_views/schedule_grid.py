@@ -1,13 +1,15 @@
-"""Round 8 on TUNING data: how the cpu SimCLR recipe's view size, epochs and batch move the probe's ceiling.
+"""Rounds 8-9 on TUNING data: how the cpu SimCLR recipe's view size, epochs, batch (and any other argument) move
+the probe's ceiling.
 
 Pretrains SimCLR on the 400 tuning nanowire images (WORK/stacks.npz from pretrain_variants.py, or any npz
 with `task` (N, 128, 128) float32 and `labels`; generator seed 1) with the cpu profile's pretraining
 arguments (`pretrain_arguments`) except the spec's `view:epochs:batch[:key=value...]` (e.g.
-`128:60:32:seed=1`, `32:120:32:crop_side=0.25-0.5`), then scores layer3+layer4 features, averaged over the
-8 rotations/flips, at the view side, 64 and 128 px with the probe stage's rule on split seeds 1000-1019 (the
-report uses 0-19) at n = 1, 2, 4, 8, 80 per class. One JSON line per (spec, feature side) to
-WORK/schedule_grid.jsonl. Runs on CUDA when there is one. Where params.yaml cannot be parsed (a GPU machine
-without the project's dependencies), NANOMORPH_PRETRAIN_KWARGS names a JSON dump of the same arguments.
+`128:60:32:seed=1`, `32:120:32:crop_side=0.25-0.5`, `64:30:32:projector_dims=512-128`), then scores
+layer3+layer4 features, averaged over the 8 rotations/flips, at the view side, 64 and 128 px with the probe
+stage's rule on split seeds 1000-1019 (the report uses 0-19) at n = 1, 2, 4, 8, 80 per class.
+One JSON line per (spec, feature side) to WORK/schedule_grid.jsonl. Runs on CUDA when there is one. Where
+params.yaml cannot be parsed (a GPU machine without the project's dependencies), NANOMORPH_PRETRAIN_KWARGS
+names a JSON dump of the same arguments.
 
     python benchmarks/tune_views/schedule_grid.py WORK 64:30:32 128:60:32 64:200:32
 """
@@ -54,7 +56,10 @@ def main() -> None:
         kw = {**base, "image_size": int(view), "epochs": int(epochs), "batch_size": int(batch), "checkpoint_every": 0}
         for item in overrides:
             key, value = item.split("=")
-            kw[key] = tuple(float(v) for v in value.split("-")) if isinstance(kw[key], tuple) else type(kw[key])(value)
+            if isinstance(kw[key], tuple):  # e.g. crop_side=0.25-0.5, projector_dims=512-128
+                kw[key] = tuple(type(kw[key][0])(v) for v in value.split("-"))
+            else:
+                kw[key] = type(kw[key])(value)
         started = time.time()
         result = pretrain(task, **kw, checkpoint_path=None, device=device, progress=False)
         seconds = round(time.time() - started)
