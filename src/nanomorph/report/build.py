@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nanomorph.report.figures import grouped_boxplot
+from nanomorph.plotting.common import grouped_boxplot
 from nanomorph.report.gallery import Figure, collect_figures
 from nanomorph.report.morphology_figure import morphology_figure
 from nanomorph.report.study_figures import anchor_figure, pretraining_figure
@@ -404,8 +404,9 @@ def _stage_times_section(benchmarks: Path, profile: str) -> Section:
                         f"(target 15 min), of which {m.get('overhead_seconds', float('nan')):.0f} s is dvc and "
                         f"process start-up between stages; {len(m.get('outputs_differing', []))} of "
                         f"{m.get('outputs_compared', '?')} outputs differed from the committed dvc.lock.")
-    rows = pd.DataFrame({"stage": list(stages), "seconds": list(stages.values())})
-    rows["share of the repro"] = [f"{v / total:.0%}" for v in rows["seconds"]]
+    # Whole seconds: a stage's time varies by more than a second from run to run.
+    rows = pd.DataFrame({"stage": list(stages), "seconds": [round(v) for v in stages.values()],
+                         "share of the repro": [f"{v / total:.0%}" for v in stages.values()]})
     return section.add("table", rows)
 
 

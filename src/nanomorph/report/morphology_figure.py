@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: stages and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nanomorph.report.figures import save_figure  # noqa: E402
+from nanomorph.plotting.common import save_figure  # noqa: E402
 
 
 def morphology_figure(table: pd.DataFrame, path: Path) -> Path:

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: stages and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nanomorph.report.figures import save_figure  # noqa: E402
+from nanomorph.plotting.common import save_figure  # noqa: E402
 
 
 def anchor_figure(anchors: pd.DataFrame, path: Path) -> Path:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from nanomorph.report.figures import save_figure  # noqa: E402
+from nanomorph.plotting.common import save_figure  # noqa: E402
 
 # Fill colours of the masks (RGBA), drawn over the gray image; transparent where the mask is False.
 _TRUE_FILL = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.45)])

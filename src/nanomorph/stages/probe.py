@@ -35,6 +35,7 @@ import torch
 
 from nanomorph.config import Config
 from nanomorph.errors import ConfigError
+from nanomorph.plotting.probe import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 from nanomorph.probe.batched import ProbeTask
 from nanomorph.probe.cache import FeatureCache
 from nanomorph.probe.classical import NAME as CLASSICAL
@@ -42,7 +43,6 @@ from nanomorph.probe.solvers import SOLVERS, SolverSettings, fit_predict
 from nanomorph.probe.splits import SplitRule
 from nanomorph.probe.stats import holm, pairwise_wilcoxon
 from nanomorph.probe.sweep import label_budget_runs, probe_sweep, solver_settings, sweep_arguments
-from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 from nanomorph.stages._common import finite, on_terminal, stage_main, tracked, write_json
 from nanomorph.stages._probe_inputs import FEATURE_DIR, feature_sets, probe_data
 from nanomorph.tracking.runs import log_curve, log_defined_metrics

@@ -34,13 +34,13 @@ from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import resolve_encoder
 from nanomorph.models.precision import best_device
+from nanomorph.plotting.common import grouped_boxplot
 from nanomorph.probe.splits import split_rule
 from nanomorph.probe.stats import pairwise_wilcoxon
-from nanomorph.report.figures import grouped_boxplot
 from nanomorph.segment.figures import overlay_figure
 from nanomorph.segment.morphology import morphology_agreement, morphology_table
 from nanomorph.segment.sweep import SweepRun, segmentation_sweep
-from nanomorph.stages._common import stage_main, tracked, write_json, on_terminal
+from nanomorph.stages._common import on_terminal, stage_main, tracked, write_json
 from nanomorph.tracking.runs import log_curve
 
 FIGURE_DIR = Path("figures/segment")

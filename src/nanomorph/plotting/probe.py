@@ -15,7 +15,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from nanomorph.report.figures import grouped_boxplot, save_figure  # noqa: E402
+from nanomorph.plotting.common import grouped_boxplot, save_figure  # noqa: E402
 
 
 def accuracy_boxplot(table: pd.DataFrame, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Figures of the report: the paper's label-efficiency box plot and dice vs training-set size."""
+"""Figures shared by the stages and the report: the paper's label-efficiency box plot and dice vs training-set size."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nanomorph.report.probe_figures import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
+from nanomorph.plotting.probe import accuracy_boxplot, confusion_grid, tsne_embedding, tsne_figure
 
 CLASSES = ["bundle", "dispersed", "network", "singular"]
 
