@@ -18,7 +18,6 @@ per (spec, feature side) to WORK/bank_variant.jsonl.
 
     python benchmarks/tune_views/bank_variant.py WORK bank:30:32 exemplar:30:32
 """
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from protocol import median_accuracy, probe_rule
-from schedule_grid import SIZES, cpu_arguments, resized
+from schedule_grid import cpu_arguments, score
 from nanomorph.models.encoder import Projector, ResNetEncoder
-from nanomorph.probe.features import extract_features
 from nanomorph.ssl.embedding import TwinEmbedder, embed
 from nanomorph.ssl.train import make_optimizer, warmup_cosine
 from nanomorph.ssl.view_data import _epoch_order, as_batch_tensor, step_views
@@ -113,15 +110,8 @@ def main() -> None:
         started = time.time()
         encoder, last_loss = pretrain_variant(task, kind, int(epochs), int(batch), base)
         seconds = round(time.time() - started)
-        for side in (64, 128):
-            Z = extract_features(encoder, resized(task, side), stages=("layer3", "layer4"), dihedral=True)
-            med, _ = median_accuracy(labels, lambda train, fit, test: probe_rule(Z, labels, fit, test), sizes=SIZES)
-            row = {"spec": spec, "feature_side": side, "median": med,
-                   "mean_n_le_8": round(float(np.mean([med[n] for n in SIZES if n <= 8])), 4),
-                   "pretrain_s": seconds, "last_step_loss": round(last_loss, 4)}
-            print(json.dumps(row), flush=True)
-            with open(work / "bank_variant.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+        score(encoder, task, labels, (64, 128), work / "bank_variant.jsonl", {"spec": spec},
+              {"pretrain_s": seconds, "last_step_loss": round(last_loss, 4)})
 
 
 if __name__ == "__main__":

@@ -45,6 +45,21 @@ def resized(task: np.ndarray, side: int) -> np.ndarray:
                                            antialias=True)[:, 0].numpy()
 
 
+def score(encoder, task: np.ndarray, labels: np.ndarray, sides, out: Path, head: dict, tail: dict,
+          device: str = "cpu") -> None:
+    """Probe `encoder`'s layer3+layer4 features (averaged over the 8 rotations/flips) read at each side with the
+    tuning protocol; one JSON line per side, {**head, feature_side, median, mean_n_le_8, **tail}, printed and
+    appended to `out`."""
+    for side in sides:
+        Z = extract_features(encoder, resized(task, side), device=device, stages=("layer3", "layer4"), dihedral=True)
+        med, _ = median_accuracy(labels, lambda train, fit, test: probe_rule(Z, labels, fit, test), sizes=SIZES)
+        row = {**head, "feature_side": side, "median": med,
+               "mean_n_le_8": round(float(np.mean([med[n] for n in SIZES if n <= 8])), 4), **tail}
+        print(json.dumps(row), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     work, specs = Path(sys.argv[1]), sys.argv[2:]
     z = np.load(work / "stacks.npz")
@@ -64,16 +79,8 @@ def main() -> None:
         result = pretrain(task, **kw, checkpoint_path=None, device=device, progress=False)
         seconds = round(time.time() - started)
         last = {k: round(float(result.history[-1][k]), 4) for k in ("loss", "effective_rank")}
-        for side in sorted({int(view), 64, 128}):
-            Z = extract_features(result.encoder, resized(task, side), device=device, stages=("layer3", "layer4"),
-                                 dihedral=True)
-            med, _ = median_accuracy(labels, lambda train, fit, test: probe_rule(Z, labels, fit, test), sizes=SIZES)
-            row = {"spec": spec, "feature_side": side, "median": med,
-                   "mean_n_le_8": round(float(np.mean([med[n] for n in SIZES if n <= 8])), 4),
-                   "pretrain_s": seconds, "device": device, **last}
-            print(json.dumps(row), flush=True)
-            with open(work / "schedule_grid.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+        score(result.encoder, task, labels, sorted({int(view), 64, 128}), work / "schedule_grid.jsonl",
+              {"spec": spec}, {"pretrain_s": seconds, "device": device, **last}, device)
 
 
 if __name__ == "__main__":
