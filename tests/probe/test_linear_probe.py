@@ -1,4 +1,8 @@
+import warnings
+
 import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from nanomorph.probe.linear import fit_linear_probe, knn_probe
 
@@ -39,6 +43,35 @@ def test_linear_probe_is_softmax_over_all_classes():
     proba = probe.predict_proba(X_train)
     assert proba.shape == (12, 4)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("classes,dim", [(2, 40), (3, 6), (4, 64)])
+def test_newton_dual_fit_is_scikit_learns_optimum(classes, dim):
+    # Wider and narrower than the training rows, binary (scikit-learn's own binary loss) and multinomial:
+    # the dual solver's fit must be the model lbfgs converges to, down to the predicted probabilities.
+    rng = np.random.default_rng(classes)
+    y = np.repeat(np.arange(classes), 10).astype(str)
+    X = rng.normal(size=(len(y), dim)) + rng.normal(size=(classes, dim))[np.repeat(np.arange(classes), 10)] * 0.4
+    X_test = rng.normal(size=(100, dim)) * 1.5
+    dual = fit_linear_probe(X, y, C=0.5, tol=1e-9)
+    reference = fit_linear_probe(X, y, C=0.5, tol=1e-11, max_iter=50000, solver="lbfgs")
+    assert dual[-1].coef_.shape == reference[-1].coef_.shape and list(dual.classes_) == list(reference.classes_)
+    np.testing.assert_array_equal(dual.predict(X_test), reference.predict(X_test))
+    np.testing.assert_allclose(dual.predict_proba(X_test), reference.predict_proba(X_test), atol=1e-5)
+    np.testing.assert_allclose(dual[-1].coef_, reference[-1].coef_, atol=1e-5)
+
+
+def test_newton_dual_warns_when_stopped_early_and_rejects_bad_input():
+    X, y = _blobs(5, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe = fit_linear_probe(X, y, tol=1e-12, max_iter=1)
+    assert [w.category for w in caught] == [ConvergenceWarning]
+    assert probe[-1].n_iter_.tolist() == [1]
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fit_linear_probe(X[:5], y[:5])
+    with pytest.raises(ValueError, match="unknown linear probe solver 'adam'"):
+        fit_linear_probe(X, y, solver="adam")
 
 
 def test_knn_caps_k_and_classifies_blobs():

@@ -78,7 +78,8 @@ def _sklearn_predict(X_fit, y_fit, X_pred, settings: SolverSettings, seed: int) 
     present = np.unique(y_fit)
     if len(present) == 1:
         return np.full(len(X_pred), present[0])
-    probe = fit_linear_probe(X_fit, y_fit, C=settings.C, max_iter=settings.max_iter, seed=seed, tol=settings.tol)
+    probe = fit_linear_probe(X_fit, y_fit, C=settings.C, max_iter=settings.max_iter, seed=seed, tol=settings.tol,
+                             solver="lbfgs")
     return probe.predict(np.asarray(X_pred, dtype=np.float64))
 
 

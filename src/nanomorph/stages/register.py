@@ -248,8 +248,9 @@ def _publish_card(client: MlflowClient, cfg: Config, kind: str, entry: dict[str,
 
 @contextmanager
 def _convergence_in_one_line(max_iter: int) -> Iterator[None]:
-    """scikit-learn writes ten lines per lbfgs fit that stops at max_iter (the deployed probe, the encoder choice's
-    cross-validation folds, the classical probe); say it once, with what it means. Other warnings pass through
+    """Every probe fit that stops at max_iter above tol warns (ConvergenceWarning; scikit-learn's lbfgs with ten
+    lines each): the deployed probe, the encoder choice's cross-validation folds, the classical probe. Say it
+    once, with what it means. Other warnings pass through
     under Python's default filters (so libraries' own DeprecationWarnings, e.g. mlflow's use of SQLAlchemy and
     pandas, stay hidden as they would be without this context)."""
     with warnings.catch_warnings(record=True) as caught:
