@@ -5,6 +5,8 @@ store), runs `python -m dvc repro` there with `--profile`'s settings (the commit
 default) and an empty embedded MLflow store, and records:
 - the wall time of the whole `dvc repro` (dvc's own hashing and every stage's start-up included);
 - each stage's time, read back from the MLflow runs the stages log (run start to end);
+- the machine's speed just before and after, as a yardstick (a plain ResNet18 training step's images per second),
+  since the same code's repro time drifts with this VM's speed;
 - whether the clone reproduced the committed `dvc.lock`: every output md5 compared (the reproducibility check
   of README's "Reproducibility", here on the benchmark's own machine).
 
@@ -46,6 +48,31 @@ def _output_md5s(lock: Path) -> dict[str, str]:
     return {out["path"]: out["md5"] for body in stages.values() for out in body.get("outs", [])}
 
 
+def yardstick_images_per_s(steps: int = 8, warmup: int = 2, batch: int = 32, side: int = 64) -> float:
+    """The machine's speed at this moment: a plain torchvision ResNet18 forward + backward + SGD step on fixed
+    random (batch, 3, side, side) tensors on every CPU this process may use, images per second (median step).
+
+    Taken before and after the repro, so that repro times of different runs can be read against the speed the
+    machine had then (this VM's compute-bound stages have run ~10 % apart between runs of the same code)."""
+    import torch
+    import torchvision
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=16)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(batch, 3, side, side), torch.randint(0, 16, (batch,))
+    seconds = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+        if i >= warmup:
+            seconds.append(time.perf_counter() - started)
+    return batch / sorted(seconds)[len(seconds) // 2]
+
+
 def stage_seconds(store: Path) -> dict[str, float]:
     """Seconds per stage run in the MLflow sqlite store (the pipeline's parent run and register's per-model
     child runs left out: they overlap the stage runs)."""
@@ -78,6 +105,7 @@ def main() -> int:
                # the stages' `python` is this interpreter (its environment), as for a user with the venv active
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         load_start = os.getloadavg()[0]
+        yardstick_start = yardstick_images_per_s()
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, capture_output=True,
                               text=True)
@@ -86,6 +114,7 @@ def main() -> int:
             print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
             print(f"dvc repro failed (exit {done.returncode})", file=sys.stderr)
             return 1
+        yardstick_end = yardstick_images_per_s()
         committed, produced = _output_md5s(ROOT / "dvc.lock"), _output_md5s(work / "dvc.lock")
         differing = sorted(p for p in committed.keys() | produced.keys() if committed.get(p) != produced.get(p))
         stages = stage_seconds(store)
@@ -101,7 +130,10 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine(),
                     "load_average_1min_start": round(load_start, 2),
-                    "load_average_1min_end": round(os.getloadavg()[0], 2)},
+                    "load_average_1min_end": round(os.getloadavg()[0], 2),
+                    # yardstick_images_per_s(): the machine's speed just before and just after the repro
+                    "yardstick_images_per_s_start": round(yardstick_start, 2),
+                    "yardstick_images_per_s_end": round(yardstick_end, 2)},
         "metrics": {"repro_seconds": round(total, 1), "stage_seconds": stages,
                     "stages_total_seconds": round(sum(stages.values()), 1),
                     "overhead_seconds": round(total - sum(stages.values()), 1),
@@ -115,6 +147,8 @@ def main() -> int:
     with benchmark_run("repro_stage_times") as mlflow:
         mlflow.log_params(result["params"])
         mlflow.log_metrics({"repro_seconds": total, "log_bytes": log_bytes, "outputs_differing": len(differing),
+                            "yardstick_images_per_s_start": yardstick_start,
+                            "yardstick_images_per_s_end": yardstick_end,
                             **{f"stage_seconds.{k}": v for k, v in stages.items()}})
         mlflow.log_artifact(str(RESULT))
     print(json.dumps(result["metrics"], indent=1))
