@@ -78,7 +78,7 @@ def pretrain_variant(task: np.ndarray, kind: str, epochs: int, batch: int, kw: d
         epoch, b = divmod(step, steps_per_epoch)
         rows = _epoch_order(len(data), seed, epoch)[b * batch:(b + 1) * batch]
         v1, v2 = step_views(data[rows], transform, seed, step)
-        z1, z2 = twin(v1, v2)
+        z1, z2, _, _ = twin(v1, v2)
         if kind == "bank":
             loss = bank_loss(z1, z2, bank, rows, tau)
         else:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from nanomorph.data.io import read_image
 from nanomorph.config import load_config
-from nanomorph.stages.pretrain import main, set_aside_other_run, training_fingerprint
+from nanomorph.stages.pretrain import main, set_aside_other_run, training_code_digest, training_fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,6 +125,27 @@ def test_only_training_parameters_change_the_checkpoint_fingerprint(project):
     assert training_fingerprint(load_config(work / "params.yaml"), "simclr", "other-images", 1) != same
 
 
+def test_the_training_code_is_part_of_the_checkpoint_fingerprint(project, tmp_path):
+    # dvc re-runs the stage when the code changes; a finished checkpoint of the old code must not be "resumed".
+    work, _ = project
+    cfg = load_config(work / "params.yaml")
+    assert training_fingerprint(cfg, "simclr", "k", 1, code="aaaa") != training_fingerprint(cfg, "simclr", "k", 1,
+                                                                                            code="bbbb")
+    assert training_fingerprint(cfg, "simclr", "k", 1) == training_fingerprint(cfg, "simclr", "k", 1,
+                                                                               code=training_code_digest())
+    package = tmp_path / "nanomorph" / "ssl"
+    package.mkdir(parents=True)
+    (package / "loss.py").write_text("scale = 1\n")
+    before = training_code_digest((package,))
+    (package / "notes.txt").write_text("not code")
+    assert training_code_digest((package,)) == before
+    (package / "loss.py").write_text("scale = 2\n")
+    assert training_code_digest((package,)) != before
+    (package / "loss.py").write_text("scale = 1\n")
+    (package / "views.py").write_text("")
+    assert training_code_digest((package,)) != before  # a new module counts too
+
+
 def test_another_runs_checkpoint_is_set_aside_not_deleted(tmp_path):
     ckpt = tmp_path / "simclr" / "last.pt"
     assert set_aside_other_run(ckpt, "aaaa") is None          # nothing yet: the stamp is written
@@ -177,12 +198,12 @@ def test_an_edit_elsewhere_resumes_the_checkpoint_and_a_training_edit_sets_it_as
     assert main(["--method", "simclr", "--images", str(images)]) == 0
     err = capsys.readouterr().err
     assert "resuming from step 1 of 1 (models/checkpoints/simclr/last.pt)" in err  # shown by the stage's logging
-    assert "written under other training parameters" not in err and not aside.exists()
+    assert "written under other training parameters or code" not in err and not aside.exists()
 
     _edit_params(work, lambda p: p["pretrain"].update(temperature=0.2))        # shapes training
     assert main(["--method", "simclr", "--images", str(images)]) == 0
     err = capsys.readouterr().err
-    assert ("models/checkpoints/simclr/last.pt: written under other training parameters; kept as "
+    assert ("models/checkpoints/simclr/last.pt: written under other training parameters or code; kept as "
             "models/checkpoints/simclr/last.other-run.pt until this run finishes") in err
     assert "resuming" not in err
     assert ckpt.is_file() and ckpt.read_bytes() != first

@@ -1,10 +1,12 @@
 """The forward pass of pretraining: images -> encoder features -> projections.
 
-One batch at a time (the collapse monitor), or both views of a step, optionally in BatchNorm groups
-(TwinEmbedder, the module that DDP wraps and torch.compile compiles).
+One batch at a time (`embed`), or both views of a step, optionally in BatchNorm groups (TwinEmbedder, the
+module that DDP wraps and torch.compile compiles).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +26,15 @@ def embed(encoder: nn.Module, projector: nn.Module, x: torch.Tensor) -> tuple[to
     return features, projector(features)
 
 
+class TwinEmbeddings(NamedTuple):
+    """Both views' projections (what the loss compares) and encoder features (what the collapse monitor ranks)."""
+
+    z1: torch.Tensor
+    z2: torch.Tensor
+    features1: torch.Tensor
+    features2: torch.Tensor
+
+
 def _scratch_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: buf.clone() for name, buf in module.named_buffers()}
 
@@ -41,18 +52,21 @@ class TwinEmbedder(nn.Module):
         super().__init__()
         self.encoder, self.projector, self.bn_groups = encoder, projector, bn_groups
 
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bn_groups == 1:
-            return embed(self.encoder, self.projector, x)[1]
+            return embed(self.encoder, self.projector, x)
         first, *rest = x.chunk(self.bn_groups)
-        z = [embed(self.encoder, self.projector, first)[1]]
+        features, z = embed(self.encoder, self.projector, first)
+        all_features, all_z = [features], [z]
         for block in rest:
             # Scratch copies of the buffers take these blocks' running-statistics updates, which are dropped.
             # (Copying saved values back instead would bump the buffers' version, which BatchNorm's backward
             # checks.)
             features = functional_call(self.encoder, _scratch_buffers(self.encoder), (normalise(block),))
-            z.append(functional_call(self.projector, _scratch_buffers(self.projector), (features,)))
-        return torch.cat(z)
+            all_features.append(features)
+            all_z.append(functional_call(self.projector, _scratch_buffers(self.projector), (features,)))
+        return torch.cat(all_features), torch.cat(all_z)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._project(view1), self._project(view2)
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> TwinEmbeddings:
+        (features1, z1), (features2, z2) = self._embed(view1), self._embed(view2)
+        return TwinEmbeddings(z1, z2, features1, features2)

@@ -12,8 +12,9 @@ the end, and a run that finds its checkpoint resumes from it and replays exactly
 would have taken (bitwise on CPU with deterministic algorithms). The same purity lets
 DataLoader workers build upcoming views ahead of the trainer (`view_workers`) without changing any result.
 
-Every epoch a collapse monitor (nanomorph.ssl.monitor) embeds a fixed batch and records the spread of the
-projections and the effective rank of the encoder features, warning when the projections collapse to a point.
+At every epoch's end a collapse monitor (nanomorph.ssl.monitor) records the spread of the projections and the
+effective rank of the encoder features of the epoch's last step (the step's own embeddings, no extra forward
+pass), warning when the projections collapse to a point.
 
 Gradient accumulation (`accumulate_steps` = k): an optimiser step takes k micro-batches of `batch_size`
 images in turn and follows the gradient of the MEAN of their k losses, so it sees batch_size * k images.
@@ -62,11 +63,11 @@ from nanomorph.ssl.barlow_twins import barlow_twins_loss
 from nanomorph.ssl.checkpoints import CHECKPOINT_FORMAT, check_resumable, load_checkpoint, save_checkpoint
 from nanomorph.ssl.distributed import (agree_across_ranks, check_layout, current_ranks, effective_batch,
                                        sync_batchnorm, syncs_batchnorm)
-from nanomorph.ssl.embedding import TwinEmbedder, to_device
+from nanomorph.ssl.embedding import TwinEmbedder, TwinEmbeddings, to_device
 from nanomorph.ssl.lars import LARS
-from nanomorph.ssl.monitor import MONITOR_IMAGES, monitor, warn_if_collapsed
+from nanomorph.ssl.monitor import collapse_metrics, warn_if_collapsed
 from nanomorph.ssl.simclr import nt_xent_loss
-from nanomorph.ssl.view_data import StepViews, as_batch_tensor, default_view_workers, step_views, view_loader
+from nanomorph.ssl.view_data import StepViews, as_batch_tensor, default_view_workers, view_loader
 from nanomorph.ssl.views import make_view_transform
 
 if TYPE_CHECKING:
@@ -120,12 +121,14 @@ def _amp_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | No
 
 def _train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler: LambdaLR,
                 scaler: torch.amp.GradScaler, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-                device: torch.device, amp_dtype: torch.dtype | None, ddp: nn.Module | None = None) -> float:
+                device: torch.device, amp_dtype: torch.dtype | None,
+                ddp: nn.Module | None = None) -> tuple[float, TwinEmbeddings]:
     """One optimiser step on the gradient of the mean loss of the micro-batches' view pairs.
 
-    `model` maps a pair of view batches to their projections (a TwinEmbedder, maybe DDP-wrapped or compiled);
+    `model` maps a pair of view batches to their TwinEmbeddings (a TwinEmbedder, maybe DDP-wrapped or compiled);
     `ddp` is the DistributedDataParallel wrapper when there is one: its gradient all-reduce then runs once,
-    after the last micro-batch. Returns the mean loss, averaged over ranks (ends in .item(): device synced).
+    after the last micro-batch. Returns the mean loss, averaged over ranks (ends in .item(): device synced), and
+    the last micro-batch's embeddings, detached (the collapse monitor's input; this rank's rows only).
     """
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
@@ -136,8 +139,9 @@ def _train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Opti
         skip_sync = ddp.no_sync() if ddp is not None and i < k - 1 else contextlib.nullcontext()
         with skip_sync:
             with autocast:
-                z1, z2 = model(v1, v2)
-            loss = loss_fn(z1, z2)  # outside autocast: the losses compute in float32 (they also disable it)
+                embedded = model(v1, v2)
+            # outside autocast: the losses compute in float32 (they also disable it)
+            loss = loss_fn(embedded.z1, embedded.z2)
             scaler.scale(loss / k).backward()
         total += loss.detach().float()
     scaler.step(optimizer)
@@ -147,7 +151,7 @@ def _train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Opti
     if ddp is not None:  # each rank's loss covers its own anchors (SimCLR); report the global batch's
         dist.all_reduce(mean)
         mean /= dist.get_world_size()
-    return mean.item()
+    return mean.item(), TwinEmbeddings(*(t.detach() for t in embedded))
 
 
 @dataclass
@@ -314,8 +318,6 @@ agree to float rounding): True for its default backend (inductor), or a backend'
         twin.compile(**({} if compile_model is True else {"backend": compile_model}))
     runner = ddp if ddp is not None else twin
 
-    # A fixed, in-distribution batch for the collapse monitor: one view per image under a fixed seed.
-    monitor_batch, _ = step_views(data[:MONITOR_IMAGES], transform, seed, -1)
     workers = default_view_workers(dev) if view_workers is None else view_workers
     view_batches = iter(view_loader(StepViews(data, transform, seed, layout, step, total_steps), workers, dev))
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and ranks.main), desc=f"pretrain {method}",
@@ -324,8 +326,8 @@ agree to float rounding): True for its default backend (inductor), or a backend'
         epoch, b = divmod(step, steps_per_epoch)
         started = time.perf_counter()
         lr_now = model.scheduler.get_last_lr()[0]
-        loss = _train_step(runner, loss_fn, model.optimizer, model.scheduler, model.scaler, next(view_batches),
-                           dev, amp_dtype, ddp)
+        loss, embedded = _train_step(runner, loss_fn, model.optimizer, model.scheduler, model.scaler,
+                                     next(view_batches), dev, amp_dtype, ddp)
         seconds = time.perf_counter() - started
         if not math.isfinite(loss):
             raise FloatingPointError(f"{method} loss became {loss} at step {step}; lower the learning rate")
@@ -336,9 +338,10 @@ agree to float rounding): True for its default backend (inductor), or a backend'
         step_metrics = {"loss": loss, "lr": lr_now, "images_per_s": n_step / seconds}
         epoch_metrics = epoch_speed = None
         if b == steps_per_epoch - 1:
-            # Every rank computes the monitor (the same numbers), so every rank's history is rank 0's.
+            # Each rank monitors its own rows of the step; rank 0's history is the one logged and checkpointed.
             epoch_metrics = {"epoch": epoch + 1, "loss": sums["loss"] / steps_per_epoch, "lr": lr_now,
-                             **monitor(model.encoder, model.projector, monitor_batch, dev)}
+                             **collapse_metrics(torch.cat([embedded.z1, embedded.z2]),
+                                                torch.cat([embedded.features1, embedded.features2]))}
             epoch_speed = timed_images / timed_seconds  # over the steps this process ran
             if ranks.main:
                 warn_if_collapsed(epoch_metrics, projector_dims[-1], epoch + 1)

@@ -31,6 +31,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+import nanomorph.models
+import nanomorph.ssl
 from nanomorph.config import Config
 from nanomorph.data.cache import CachedImages, cached_images
 from nanomorph.data.layout import IMAGE_SUFFIXES, display_path, find_images
@@ -95,15 +97,33 @@ def distributed_process() -> Iterator[Process]:
 
 # pretrain keys that do not change what is trained: a new value must not cost a run its resume point
 _NOT_TRAINING_KEYS = ("methods", "checkpoint_every", "compile", "cache_dir")
+# the packages whose code decides what a pretraining run trains (the loop, the losses, the views, the models)
+TRAINING_CODE = (Path(nanomorph.ssl.__file__).parent, Path(nanomorph.models.__file__).parent)
 
 
-def training_fingerprint(cfg: Config, method: str, data_key: str, world: int) -> str:
+def training_code_digest(roots: tuple[Path, ...] = TRAINING_CODE) -> str:
+    """sha256 (16 hex digits) of every .py file under `roots` (paths and contents), by default the training loop
+    and the models (nanomorph.ssl, nanomorph.models)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def training_fingerprint(cfg: Config, method: str, data_key: str, world: int, code: str | None = None) -> str:
     """What shapes a pretraining run: the pretrain section (less `_NOT_TRAINING_KEYS`), the method, the image
-    set (its cache key, a hash of the decoded images), the world size (it fixes the BatchNorm groups) and the
-    checkpoint format. Edits elsewhere in params.yaml (another stage's section, a comment) leave it unchanged."""
+    set (its cache key, a hash of the decoded images), the world size (it fixes the BatchNorm groups), the
+    checkpoint format and the training code (`code`, default `training_code_digest()`). Edits elsewhere in
+    params.yaml (another stage's section, a comment) leave it unchanged.
+
+    The code is in it because dvc re-runs this stage when the code changes: a checkpoint of the old code, above
+    all a finished one, would otherwise be resumed, and the stage would hand on the old code's encoder and history
+    as the new code's."""
     shaping = {k: v for k, v in cfg.section_params("pretrain").items() if k not in _NOT_TRAINING_KEYS}
     text = json.dumps({"pretrain": shaping, "method": method, "images": data_key, "world": world,
-                       "format": CHECKPOINT_FORMAT}, sort_keys=True, default=list)
+                       "format": CHECKPOINT_FORMAT, "code": training_code_digest() if code is None else code},
+                      sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -121,7 +141,7 @@ def set_aside_other_run(ckpt: Path, fingerprint: str) -> Path | None:
             k += 1
             aside = ckpt.with_name(f"{ckpt.stem}.other-run-{k}{ckpt.suffix}")
         os.replace(ckpt, aside)
-        print(f"{ckpt}: written under other training parameters; kept as {aside} until this run finishes",
+        print(f"{ckpt}: written under other training parameters or code; kept as {aside} until this run finishes",
               file=sys.stderr)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"params_hash": fingerprint}))
