@@ -21,7 +21,9 @@ Why it is fast:
    on the training rows: one product with G per CG step, the Hessian never formed. Times C, the Hessian is
    I + C J^T S J (J: W -> logits, S: the softmax's per-row covariances), whose eigenvalues are >= 1, so CG
    needs only a few steps far from the optimum, where the steps may be loose, and up to ~150 for the last,
-   tight ones (Eisenstat-Walker forcing).
+   tight ones (Eisenstat-Walker forcing). CG runs in float32, on a float32 copy of G: a large probe's cost is
+   reading G once per CG step, and a Newton step never needs CG tighter than 1e-3 relative; the Newton
+   iteration itself (gradient, objective, line search, the convergence test) stays in float64.
 4. Probes of one training-set size run together in lock-step, so NumPy's per-call overhead (most of the cost
    at small m) is paid once per chunk rather than once per probe.
 
@@ -48,6 +50,9 @@ _LOGP_FLOOR = -345.0
 # The last Newton step's CG stops at a gradient residual of ETA_TOL * tol: ~10 % fewer CG steps than
 # Eisenstat-Walker's sqrt(|gradient|) alone, with the same Newton steps.
 ETA_TOL = 0.1
+# The tightest relative residual asked of the float32 CG: below ~1e-4 its recurrences would drift from the
+# true residual. With the default tol 1e-8, Eisenstat-Walker never asks for less than 1e-3.
+CG_FLOOR = 1e-4
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,18 @@ def standardise(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # reductions along a non-contiguous or 4-long axis, which dominate the cost of small probes otherwise.
 def _class_sum(x: np.ndarray) -> np.ndarray:
     """(Q, m, K) -> (Q, m)."""
-    return x @ np.ones(x.shape[-1])
+    return x @ np.ones(x.shape[-1], dtype=x.dtype)
 
 
 def _row_sum(x: np.ndarray) -> np.ndarray:
     """(Q, m, K) -> (Q, K)."""
-    return np.ones(x.shape[1]) @ x
+    return np.ones(x.shape[1], dtype=x.dtype) @ x
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-probe inner products: (Q, m, K), (Q, m, K) -> (Q,)."""
+    q = len(x)
+    return (x.reshape(q, 1, -1) @ y.reshape(q, -1, 1))[:, 0, 0]
 
 
 class _Probes:
@@ -106,6 +117,7 @@ class _Probes:
 
     def __init__(self, G, Y, bias, C):
         self.G, self.Y, self.bias, self.C = G, Y, bias, C
+        self.G32 = G.astype(np.float32)  # the inner CG's copy (newton_step)
         self.n_present = np.isfinite(bias).sum((1, 2))
 
     def objective(self, A, GA, b):
@@ -126,12 +138,18 @@ class _Probes:
         u = G a + c the change of logits, (Wu)_i = diag(p_i) u_i - p_i p_i^T u_i. Preconditioner: C on the
         W-part (where C H has eigenvalues >= 1), 1 / (mean curvature) on the intercepts
         (a scalar, which keeps the steps of b summing to 0: softmax is invariant to a common shift of b).
+
+        CG runs in float32 (half the bytes of G to read per step, the cost that bounds a large probe): the step
+        only has to solve to `eta` >= CG_FLOOR, far above float32's 1e-7, and a step that comes out less exact
+        costs at most another Newton step, since fit_dual computes gradients, objective and convergence in float64.
         """
         C = self.C
-        b_scale = 1.0 / np.maximum((p * (1 - p)).sum((1, 2)) / self.n_present, 1e-12)
+        b_scale = (1.0 / np.maximum((p * (1 - p)).sum((1, 2)) / self.n_present, 1e-12)).astype(np.float32)
+        p, V, GV, gb = (x.astype(np.float32) for x in (p, V, GV, gb))
+        eta = np.maximum(eta, CG_FLOOR)
         ra, rb, Gr = -V, -gb, -GV
         da, db, Gd = C * ra, b_scale[:, None] * rb, C * Gr
-        rz = C * (ra * Gr).sum((1, 2)) + b_scale * (rb * rb).sum(1)
+        rz = C * _dot(ra, Gr) + b_scale * (rb * rb).sum(1)
         target = eta**2 * rz
         xa, xb = np.zeros_like(V), np.zeros_like(gb)
         solving = rz > target
@@ -142,21 +160,22 @@ class _Probes:
             pu = p * u
             Wu = pu - p * _class_sum(pu)[..., None]
             qa, qb = Wu + da / C, _row_sum(Wu)
-            curvature = (Gd * qa).sum((1, 2)) + (db * qb).sum(1)
-            alpha = np.where(solving, rz / np.where(solving, curvature, 1.0), 0.0)
+            curvature = _dot(Gd, qa) + (db * qb).sum(1)
+            # 0 for the probes already solved (their directions may be 0)
+            alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=solving)
             xa += alpha[:, None, None] * da
             xb += alpha[:, None] * db
             ra -= alpha[:, None, None] * qa
             rb -= alpha[:, None] * qb
-            Gr = self.G @ ra
-            rz_new = C * (ra * Gr).sum((1, 2)) + b_scale * (rb * rb).sum(1)
+            Gr = self.G32 @ ra
+            rz_new = C * _dot(ra, Gr) + b_scale * (rb * rb).sum(1)
             solving &= rz_new > target
-            beta = np.where(solving, rz_new / np.where(solving, rz, 1.0), 0.0)
+            beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=solving)
             da = C * ra + beta[:, None, None] * da
             Gd = C * Gr + beta[:, None, None] * Gd
             db = b_scale[:, None] * rb + beta[:, None] * db
             rz = rz_new
-        return xa, xb
+        return xa.astype(np.float64), xb.astype(np.float64)
 
 
 def fit_dual(G: np.ndarray, y: np.ndarray, class_mask: np.ndarray, C: float, tol: float = 1e-8,
