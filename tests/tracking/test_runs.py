@@ -1,6 +1,8 @@
 import mlflow
+import mlflow.store.db.utils
+import pytest
 
-from nanomorph.tracking.runs import PIPELINE_TAG, flatten, log_curve, log_parent_metrics, stage_run
+from nanomorph.tracking.runs import PIPELINE_TAG, configure, flatten, log_curve, log_parent_metrics, stage_run
 
 
 def _open(tmp_path, stage, params_hash="h1"):
@@ -54,3 +56,23 @@ def test_curves_have_the_label_budget_as_step_and_the_parent_gets_the_headline(t
 
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_a_store_whose_creation_was_interrupted_is_not_left_half_made(tmp_path, monkeypatch):
+    """MLflow creates the tables, then stamps their schema version: interrupted in between (here: Ctrl-C during
+    the stamp), a store created in place would be refused as out of date by every later run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "mlflow.db"
+
+    def interrupted(engine):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.store.db.utils, "_upgrade_db", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            configure(f"sqlite:///{store}", "nanomorph-test", tmp_path / "mlartifacts")
+    assert list(tmp_path.iterdir()) == []  # neither the store nor the file it was being created in
+    with _open(tmp_path, "probe") as run:  # the next run creates the store afresh and works
+        mlflow.log_metric("accuracy", 0.5)
+    assert mlflow.MlflowClient().get_run(run.info.run_id).data.metrics == {"accuracy": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,12 +55,40 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def create_sqlite_store(uri: str) -> None:
+    """Create the sqlite store of `uri` if it does not exist yet, under a temporary name renamed into place once
+    MLflow has created its tables and recorded their schema version.
+
+    MLflow creates the tables first and stamps the version after; a run killed in between (Ctrl-C or dvc's
+    SIGTERM on the very first stage) would leave a store that every later run refuses as "out-of-date database
+    schema". Created aside, an interrupted creation leaves no file behind (or, if killed outright, a
+    `.<name>.creating-*` file), never a half-made store.
+    Any other URI (a server, an existing file, in-memory) is left alone."""
+    import mlflow
+
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or "?" in uri:
+        return
+    path = Path(uri[len(prefix):])
+    if str(path) in ("", ":memory:") or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # unique per call: MLflow caches a store per URI, and a cached one would outlive its renamed file
+    aside = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        mlflow.MlflowClient(tracking_uri=f"{prefix}{aside}").search_experiments(max_results=1)  # creates the tables
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
+
+
 def configure(tracking_uri: str, experiment: str, artifact_dir: str | Path) -> str:
     """Point MLflow at the store and experiment (created when absent: artifacts under `artifact_dir` for a
     local store, the server's own artifact store for an http(s) one); returns the experiment id."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+    create_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
