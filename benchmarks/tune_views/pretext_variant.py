@@ -32,7 +32,7 @@ from nanomorph.probe.classical import classical_features
 from nanomorph.ssl.embedding import embed
 from nanomorph.ssl.simclr import nt_xent_loss
 from nanomorph.ssl.train import _build_model, make_optimizer, warmup_cosine
-from nanomorph.ssl.view_data import _epoch_order, as_batch_tensor, derived_seed
+from nanomorph.ssl.view_data import _epoch_order, as_batch_tensor, step_views
 from nanomorph.ssl.views import make_view_transform
 
 work, weight = Path(sys.argv[1]), float(sys.argv[2])
@@ -62,13 +62,7 @@ scheduler = LambdaLR(optimizer, warmup_cosine(p.warmup_epochs * steps_per_epoch,
 for step in range(total):
     epoch, b = divmod(step, steps_per_epoch)
     rows = _epoch_order(len(data), p.seed, epoch)[b * p.batch_size:(b + 1) * p.batch_size]
-    v1, v2 = [], []
-    with torch.random.fork_rng(devices=[]):
-        for position, image in enumerate(data[rows]):
-            torch.default_generator.manual_seed(derived_seed(p.seed, step, position, 2))
-            v1.append(view(image))
-            v2.append(view(image))
-    (h1, z1), (h2, z2) = (embed(m.encoder, m.projector, torch.stack(v)) for v in (v1, v2))
+    (h1, z1), (h2, z2) = (embed(m.encoder, m.projector, v) for v in step_views(data[rows], view, p.seed, step))
     contrastive = nt_xent_loss(z1, z2, p.temperature)
     pretext = (F.mse_loss(head(h1), targets[rows]) + F.mse_loss(head(h2), targets[rows])) / 2
     loss = contrastive + weight * pretext
