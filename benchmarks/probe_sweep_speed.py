@@ -3,8 +3,9 @@
 Times, in one process, the full label-budget sweep -- every (labels per class n) x (split seed) x (encoder seed)
 linear probe -- with
   batched  all probes of the sweep (`solver: batched`: the exact L2 softmax optimum in float64 by Newton's
-           method in the dual form, `nanomorph.probe.batched`), end to end through `probe_sweep`, the median
-           of `--repeats` runs;
+           method in the dual form, compiled, `nanomorph.probe.batched`), end to end through `probe_sweep`, the
+           median of `--repeats` runs, after one untimed call that compiles or loads the kernels
+           (`batched_first_call_seconds`);
   sklearn  one scikit-learn LogisticRegression per probe (`solver: sklearn`: the same objective, C and tol),
            every probe of the sweep by default; `--sklearn-probes-per-n k` times k probes per n instead and
            extrapolates per probe (the JSON says which);
@@ -134,6 +135,11 @@ def main() -> None:
     load = {"load_average_1min_start": os.getloadavg()[0]}
 
     batched = SolverSettings(solver="batched", C=args.C, tol=args.tol)
+    # The solver's compiled kernels: compiled on a fresh environment's first call (~15 s), loaded from numba's
+    # cache after that. Timed apart, on one small probe, so that the sweeps below time the solving alone.
+    started = time.perf_counter()
+    solve_probes(feature_sets, codes, len(classes), tasks[args.sizes[0]][:1], C=args.C, tol=args.tol)
+    first_call_seconds = time.perf_counter() - started
     runs = []
     for _ in range(args.repeats):
         started = time.perf_counter()
@@ -152,8 +158,13 @@ def main() -> None:
                "batched_seconds_per_probe": batched_seconds / n_probes,
                "batched_all_converged": bool(solved.converged.all()),
                "batched_max_grad_norm": float(solved.grad_norm.max()),
-               "batched_max_newton_steps": int(solved.n_iter.max())}
-    per_n = {int(n): {"probes": len(tasks[n]), "batched_median_accuracy": float(medians[n])} for n in args.sizes}
+               "batched_max_newton_steps": int(solved.n_iter.max()),
+               "batched_first_call_seconds": first_call_seconds}
+    steps = {(n, j): (solved.n_iter[k], solved.cg_steps[k]) for k, (n, j) in enumerate(every)}
+    per_n = {int(n): {"probes": len(tasks[n]), "batched_median_accuracy": float(medians[n]),
+                      "batched_median_newton_steps": float(np.median([steps[(n, j)][0] for j in range(len(tasks[n]))])),
+                      "batched_median_cg_steps": float(np.median([steps[(n, j)][1] for j in range(len(tasks[n]))]))}
+             for n in args.sizes}
 
     if args.sklearn_probes_per_n != 0:
         settings = SolverSettings(solver="sklearn", C=args.C, tol=args.tol)

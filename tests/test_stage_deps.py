@@ -51,3 +51,19 @@ def test_the_coverage_rule_accepts_folders_and_files_only():
     assert _covered("src/nanomorph/config.py", ["src/nanomorph/config.py"])
     assert not _covered("src/nanomorph/data_extra/io.py", ["src/nanomorph/data"])
     assert not _covered("src/nanomorph/config.py", ["src/nanomorph/data"])
+
+
+def test_bytecode_and_jit_caches_beside_the_sources_are_not_stage_code():
+    """Python writes __pycache__/*.pyc and numba its *.nbi / *.nbc kernels into the package's folders, which are
+    stage deps: unless .dvcignore leaves them out, a user's first run changes every stage's code hash and
+    `dvc status` calls the committed results stale."""
+    from dvc.repo import Repo
+
+    ignore = Repo(str(ROOT)).dvcignore
+    probe = ROOT / "src" / "nanomorph" / "probe"
+    for name in ("batched.cpython-311.pyc", "newton_kernels.fit_one-170.py311.nbi",
+                 "newton_kernels.fit_one-170.py311.1.nbc"):
+        assert ignore.is_ignored_file(str(probe / "__pycache__" / name)), name
+    assert ignore.is_ignored_dir(str(probe / "__pycache__"))
+    assert not ignore.is_ignored_file(str(probe / "batched.py"))
+    assert not ignore.is_ignored_file(str(probe / "newton_kernels.py"))

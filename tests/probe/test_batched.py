@@ -87,8 +87,8 @@ def test_sweep_equals_the_sklearn_sweep(seed, C):
 
 
 def test_float32_inner_solves_still_reach_a_tight_float64_tolerance():
-    """CG runs in float32 and never tighter than CG_FLOOR, but convergence is judged in float64: asked for
-    |gradient| <= 1e-12 on ill-conditioned features, every probe gets there, at the optimum of tol 1e-9."""
+    """CG runs in float32 and never tighter than newton_kernels.CG_FLOOR, but convergence is judged in float64:
+    asked for |gradient| <= 1e-12 on ill-conditioned features, every probe gets there, at the optimum of tol 1e-9."""
     X, y = _relu_features(n_per_class=40, dim=200, seed=5, latent=6, noise=0.05)
     runs = list(label_budget_runs(y, [2, 32], range(2), 0.2))
     tasks = [ProbeTask("f", fit_idx, test_idx) for _, _, fit_idx, test_idx in runs]
@@ -148,6 +148,23 @@ def test_absent_classes_are_left_out_like_sklearn_on_the_present_classes():
     assert 3 not in result.predictions[0] and result.intercept[0][3] == -np.inf
     single = solve_probes({"f": X}, y, 4, [ProbeTask("f", np.array([5, 6]), np.arange(10))])
     assert (single.predictions[0] == y[5]).all()
+
+
+@pytest.mark.parametrize("n_classes", [3, 5, 6, 9])
+def test_class_counts_off_the_kernels_lanes_match_sklearn(n_classes):
+    """The compiled kernels pad the class axis to a multiple of 4: 3, 5, 6 and 9 classes give scikit-learn's
+    multinomial optimum (predictions, weights and probabilities), the padding never a predicted class."""
+    rng = np.random.default_rng(n_classes)
+    y = np.repeat(np.arange(n_classes), 12)
+    X = np.maximum(rng.normal(size=(len(y), 40)) + 0.8 * rng.normal(size=(n_classes, 40))[y], 0)
+    fit = np.concatenate([np.flatnonzero(y == c)[:8] for c in range(n_classes)])
+    predict = np.setdiff1d(np.arange(len(y)), fit)
+    result = solve_probes({"f": X}, y, n_classes, [ProbeTask("f", fit, predict)], tol=1e-10, keep_coef=True)
+    assert result.converged.all()
+    model, expected, proba = _sklearn_tight(X[fit], y[fit], X[predict], 1.0, solver="newton-cholesky")
+    np.testing.assert_array_equal(result.predictions[0], expected)
+    np.testing.assert_allclose(result.coef[0], model.coef_.T, atol=1e-7)
+    assert result.coef[0].shape == (40, n_classes) and result.intercept[0].shape == (n_classes,)
 
 
 def test_non_convergence_is_reported():

@@ -56,7 +56,7 @@ def fit_linear_probe(
     binary = len(classes) == 2
     # Two classes: the softmax's optimum has w_1 = -w_0, so its penalty (|w_0|^2 + |w_1|^2) / (2 C') is
     # |w_1 - w_0|^2 / (4 C'): C' = C / 2 gives scikit-learn's binary model w = w_1 - w_0 at C.
-    A, b, n_iter, converged, grad_norm = fit_dual((Z @ Z.T)[None], codes[None], np.ones((1, len(classes)), bool),
+    A, b, n_iter, converged, grad_norm, _ = fit_dual((Z @ Z.T)[None], codes[None], np.ones((1, len(classes)), bool),
                                                   C / 2 if binary else C, tol=tol, max_iter=max_iter)
     W = Z.T @ A[0]  # (D, K): the representer theorem's weights on standardised features
     if binary:

@@ -50,14 +50,20 @@ def label_budget_runs(
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro F1 and per-class recall from one confusion matrix: the definitions of scikit-learn's
-    accuracy_score, f1_score(average="macro") and recall_score(average=None) over `classes` with
-    zero_division=0 (tests/probe/test_sweep.py checks equality), without their input validation, which cost
-    5 ms per probe, as much as solving the probe (a 700-probe sweep spent 4 s in it)."""
+    """Accuracy, macro F1 and per-class recall of labels: the definitions of scikit-learn's accuracy_score,
+    f1_score(average="macro") and recall_score(average=None) over `classes` with zero_division=0
+    (tests/probe/test_sweep.py checks equality), without their input validation, which cost 5 ms per probe, as
+    much as solving the probe (a 700-probe sweep spent 4 s in it)."""
     k = len(classes)
     t, p = np.searchsorted(classes, y_true).clip(0, k - 1), np.searchsorted(classes, y_pred).clip(0, k - 1)
     if not (np.array_equal(classes[t], y_true) and np.array_equal(classes[p], y_pred)):
         raise ValueError(f"labels outside the classes {list(classes)}")
+    return _code_scores(t, p, classes)
+
+
+def _code_scores(t: np.ndarray, p: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """`_scores` of true and predicted class codes (indices into `classes`), from one confusion matrix."""
+    k = len(classes)
     confusion = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
     hits, actual, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
     recall = np.divide(hits, actual, out=np.zeros(k), where=actual > 0)
@@ -128,20 +134,21 @@ def probe_sweep(
         tasks = [ProbeTask(key, fit_idx, test_idx, seed) for key, seed, n, fit_idx, test_idx in meta]
         codes_pred = fit_predict(feature_sets, codes, len(classes), tasks, settings, progress=progress,
                                  desc=f"probe sweep ({settings.solver})")
-        by_classifier["linear"] = [classes[c] for c in codes_pred]
+        by_classifier["linear"] = codes_pred  # class codes: scored without a search over the label strings
     if "knn" in classifiers:
         by_classifier["knn"] = [
-            knn_probe(feature_sets[key][fit_idx], labels[fit_idx], k=knn_k).predict(feature_sets[key][test_idx])
+            np.searchsorted(classes, knn_probe(feature_sets[key][fit_idx], labels[fit_idx], k=knn_k)
+                            .predict(feature_sets[key][test_idx]))
             for key, seed, n, fit_idx, test_idx in tqdm(meta, desc="k-NN sweep", disable=not progress, leave=False)
         ]
     rows, predictions = [], []
     for classifier in classifiers:
-        for (key, seed, n, fit_idx, test_idx), y_pred in zip(meta, by_classifier[classifier]):
+        for (key, seed, n, fit_idx, test_idx), pred in zip(meta, by_classifier[classifier]):
             encoder, encoder_seed = key
             rows.append({"encoder": method_name(encoder, classifier), "classifier": classifier,
                          "encoder_seed": int(encoder_seed), "split_seed": seed, "n": n,
-                         **_scores(labels[test_idx], y_pred, classes)})
-            predictions.append((test_idx, np.asarray(y_pred)))
+                         **_code_scores(codes[test_idx], pred, classes)})
+            predictions.append((test_idx, classes[pred]))
     columns = [*SWEEP_KEYS, "accuracy", "macro_f1", *(f"recall_{c}" for c in classes)]
     return SweepResult(pd.DataFrame(rows, columns=columns), predictions)
 
