@@ -63,6 +63,9 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
         (allowed / path.name).write_bytes(path.read_bytes())
     (allowed / "broken.png").write_bytes(b"not a PNG")
     env["NANOMORPH_SERVING_PATH_ROOT"] = str(allowed)
+    temp = tmp_path / "temp"  # where the server's verified copy of the model goes
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)
     with open(log, "w") as sink:
         # Own session: the server starts uvicorn workers; the whole group is stopped at the end.
         server = subprocess.Popen(
@@ -71,6 +74,7 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
             stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tiny_registry.root, start_new_session=True)
     try:
         wait_ready(url, server, log)
+        copies_while_serving = sorted(p.name for p in temp.glob("nanomorph-*"))
         data = [[str(allowed / path.name)] for path in tiny_registry.files[:-1]] + [[tiny_registry.files[-1].name]]
         by_path = _post(url, {"dataframe_split": {"columns": ["path"], "data": data}})
         inline = _post(url, {"dataframe_records": [{"image": tiny_registry.file_images[0].tolist()}],
@@ -84,6 +88,9 @@ def test_served_champion_returns_class_probabilities(tiny_registry, tmp_path):
         with contextlib.suppress(ProcessLookupError):  # already gone when it failed to start
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    # The verified copy served from, and deleted once the server stopped (an exec'd server left it behind).
+    assert len(copies_while_serving) == 1 and copies_while_serving[0].startswith(f"nanomorph-{CLASSIFIER}-v")
+    assert not list(temp.glob("nanomorph-*"))
     classes = [str(c) for c in tiny_registry.probe.classes_]
     rows = by_path["predictions"]
     assert len(rows) == len(tiny_registry.files)

@@ -4,14 +4,18 @@
 
 The version is downloaded, every file checked against the sha256 recorded at registration
 (`nanomorph.tracking.integrity`), and the verified local copy is handed to `mlflow models serve` (local
-environment): the server never loads files the registry did not vouch for. Requests send images inline
-(`image` column); `path` rows are read only under NANOMORPH_SERVING_PATH_ROOT (`nanomorph.serving.inputs`).
+environment): the server never loads files the registry did not vouch for. The server runs as a child of this
+process, which passes SIGTERM, SIGINT and SIGHUP on to it and deletes the verified copy once it has stopped.
+Requests send images inline (`image` column); `path` rows are read only under NANOMORPH_SERVING_PATH_ROOT
+(`nanomorph.serving.inputs`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +29,23 @@ def serve_command(model_dir: str, host: str, port: int) -> list[str]:
     """The `mlflow models serve` command line for a verified local model folder."""
     return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_dir, "--env-manager", "local",
             "-h", host, "-p", str(port)]
+
+
+def run_server(command: list[str]) -> int:
+    """Run the server as a child until it stops and return its exit status (128 + signal when a signal stopped
+    it). Stop signals sent to this process are passed on to it. Not an exec of the server: the verified copy is
+    deleted when this process exits (`integrity._download`), which an exec'd process never does, so every
+    `nanomorph serve` used to leave a copy of the model (~45 MB) in the temp folder."""
+    server = subprocess.Popen(command)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            server.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = server.wait()  # resumed after each forwarded signal (PEP 475)
+    return 128 - code if code < 0 else code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"serving {ref} (version {version.version}, files verified) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
-    command = serve_command(str(local), args.host, args.port)
-    os.execv(command[0], command)  # the server replaces this process (signals reach it directly)
-    return 0  # not reached
+    return run_server(serve_command(str(local), args.host, args.port))
 
 
 if __name__ == "__main__":
