@@ -32,7 +32,7 @@ NonNegativeFloat = Annotated[float, Ge(0)]
 Fraction = Annotated[float, Interval(ge=0, le=1)]
 OpenFraction = Annotated[float, Interval(gt=0, lt=1)]  # a split share: neither nothing nor everything
 Probability = Fraction
-Arch = Literal["resnet18", "resnet34", "resnet50"]
+Arch = Literal["resnet10", "resnet18", "resnet34", "resnet50"]
 Stage = Literal["layer1", "layer2", "layer3", "layer4"]
 SslMethod = Literal["simclr", "barlow_twins"]
 

@@ -33,6 +33,24 @@ def test_transferred_weights_arrive_in_the_unet_encoder():
     assert not torch.equal(fresh["conv1.weight"], source["conv1.weight"])
 
 
+def test_resnet10_transfers_into_its_unet_and_is_half_of_resnet18():
+    """`resnet10` (one BasicBlock per stage) is not a torchvision or smp name: the encoder builds it from
+    torchvision's ResNet, the U-Net from smp's ResNetEncoder; weights move key for key, the features keep
+    resnet18's width, and the U-Net segments a batch."""
+    small, large = random_encoder("resnet10", seed=3), random_encoder("resnet18", seed=3)
+    source = small.resnet_state_dict()
+    assert {k.split(".")[1] for k in source if k.startswith("layer")} == {"0"}
+    assert sum(v.numel() for v in source.values()) < 0.5 * sum(v.numel() for v in large.resnet_state_dict().values())
+    model = build_unet("resnet10", source, freeze_encoder=True)
+    for key, value in source.items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    x = torch.rand(2, 1, 64, 64)
+    assert small.eval()(x).shape == (2, 512)
+    assert model.eval()(x).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="missing"):
+        build_unet("resnet18", source, freeze_encoder=True)
+
+
 def test_build_unet_does_not_alter_the_callers_state():
     source = random_encoder(ARCH, seed=1).resnet_state_dict()
     keys = set(source)

@@ -18,7 +18,10 @@ from torchvision import models as tv_models
 from nanomorph.errors import NanomorphError
 from nanomorph.models.weights import load_weights
 
-ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+ARCHS = {"resnet10": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048}
+# torchvision has no resnet10: its ResNet with one BasicBlock per stage instead of resnet18's two, half the
+# compute per image, for budgets where the length of the pretraining schedule limits the probe (README, round 12).
+RESNET10_LAYERS = (1, 1, 1, 1)
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Fixed normalisation for [0, 1] EM intensities: bright film near 0.6-0.8, dark objects near 0.2-0.4.
 EM_MEAN, EM_STD = 0.5, 0.25
@@ -41,7 +44,10 @@ class ResNetEncoder(nn.Module):
     def __init__(self, arch: str = "resnet18", in_channels: int = 1):
         super().__init__()
         feature_dim(arch)
-        trunk = getattr(tv_models, arch)(weights=None)
+        if arch == "resnet10":
+            trunk = tv_models.ResNet(tv_models.resnet.BasicBlock, list(RESNET10_LAYERS))
+        else:
+            trunk = getattr(tv_models, arch)(weights=None)
         trunk.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(trunk.conv1.weight, mode="fan_out", nonlinearity="relu")
         trunk.fc = nn.Identity()

@@ -15,7 +15,19 @@ from collections.abc import Iterator
 
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.encoders import encoders as smp_encoders
+from segmentation_models_pytorch.encoders.resnet import ResNetEncoder as SmpResNetEncoder
 from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from nanomorph.models.encoder import RESNET10_LAYERS
+
+# smp knows the torchvision ResNets; our `resnet10` (models/encoder.py) is entered in its encoder table the way
+# smp enters resnet18 (its ResNetEncoder with the block and stage depths), without pretrained weights.
+smp_encoders.setdefault("resnet10", {
+    "encoder": SmpResNetEncoder, "pretrained_settings": {},
+    "params": {"out_channels": [3, 64, 64, 128, 256, 512], "block": BasicBlock, "layers": list(RESNET10_LAYERS)},
+})
 
 
 def _encoder_key_problems(encoder: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
