@@ -1,4 +1,5 @@
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,22 @@ def test_nanowire_images_do_not_depend_on_count_or_class_subset(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(network_first), tifffile.imread(few[0]))
     other_seed = write_nanowire_dataset(tmp_path / "other", ["network"], 1, 40, seed=2, progress=False)
     assert not np.array_equal(tifffile.imread(other_seed[0]), tifffile.imread(few[0]))
+
+
+def test_datasets_are_byte_identical_whatever_the_number_of_worker_processes(tmp_path):
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    for workers in (1, 2):
+        paths = write_nanowire_dataset(tmp_path / f"nw{workers}", CLASSES, 3, 32, seed=4, progress=False,
+                                       workers=workers)
+        assert [p.relative_to(tmp_path / f"nw{workers}") for p in paths] == [
+            Path(c) / "images" / f"{c}_{i:03d}.tif" for c in CLASSES for i in range(3)]
+        write_generic_em_dataset(tmp_path / f"em{workers}", 5, 32, seed=4, progress=False, workers=workers)
+    assert files(tmp_path / "nw1") == files(tmp_path / "nw2") and len(files(tmp_path / "nw1")) == 24
+    assert files(tmp_path / "em1") == files(tmp_path / "em2") and len(files(tmp_path / "em1")) == 5
+    with pytest.raises(ValueError, match="seed"):
+        write_generic_em_dataset(tmp_path / "bad", 2, 32, seed=-1, progress=False, workers=2)
 
 
 def test_generic_em_images(tmp_path):

@@ -6,7 +6,14 @@ from nanomorph.models.encoder import random_encoder
 from nanomorph.probe.splits import random_split
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.sweep import seeded_unet, segmentation_sweep
-from nanomorph.segment.train import predict_masks, train_segmenter
+from nanomorph.segment.train import (
+    _predict,
+    predict_masks,
+    predict_masks_sharing_encoder,
+    predict_probabilities,
+    shares_frozen_encoder,
+    train_segmenter,
+)
 
 ARCH = "resnet18"
 
@@ -58,6 +65,39 @@ def test_predict_masks_shape_and_input_checks():
         predict_masks(model, np.zeros((1, 40, 40), dtype=np.float32))
     with pytest.raises(TypeError):
         train_segmenter(model, x, y.astype(np.float32), epochs=1, lr=1e-3, batch_size=2, seed=0)
+
+
+def _trained_on_one_encoder(encoder_seed=0, sizes=(1, 2, 4)):
+    x, y = _squares(4, seed=0)
+    state = random_encoder(ARCH, seed=encoder_seed).resnet_state_dict()
+    models = []
+    for n in sizes:
+        model = seeded_unet(ARCH, state, True, init_seed=n)
+        models.append(train_segmenter(model, x[:n], y[:n], steps=3, lr=1e-2, batch_size=2, seed=n))
+    return models
+
+
+@pytest.mark.parametrize("dihedral", [False, True])
+def test_u_nets_sharing_a_frozen_encoder_predict_bit_for_bit_what_each_gives_alone(dihedral):
+    models = _trained_on_one_encoder()
+    images, _ = _squares(5, seed=2)
+    assert shares_frozen_encoder(models)
+    together = _predict(models, images, batch_size=2, device="cpu", dihedral=dihedral, cpu_bf16=False)
+    alone = [predict_probabilities(m, images, batch_size=2, dihedral=dihedral) for m in models]
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone))
+    assert not np.array_equal(alone[0], alone[2])  # the decoders differ, so the equality says something
+    masks = predict_masks_sharing_encoder(models, images, batch_size=2, dihedral=dihedral)
+    assert all(np.array_equal(m, predict_masks(model, images, batch_size=2, dihedral=dihedral))
+               for m, model in zip(masks, models))
+
+
+def test_u_nets_with_different_or_trainable_encoders_are_not_predicted_together():
+    one, other = _trained_on_one_encoder(0, (2,))[0], _trained_on_one_encoder(1, (2,))[0]
+    assert not shares_frozen_encoder([one, other])
+    with pytest.raises(ValueError, match="do not share one frozen encoder"):
+        predict_masks_sharing_encoder([one, other], _squares(2, seed=3)[0])
+    unfrozen = seeded_unet(ARCH, random_encoder(ARCH, seed=0).resnet_state_dict(), False, init_seed=2)
+    assert not shares_frozen_encoder([_trained_on_one_encoder(0, (2,))[0], unfrozen])
 
 
 def test_same_decoder_init_across_encoders():

@@ -14,7 +14,7 @@ import yaml
 from nanomorph.cli import main as cli_main
 from nanomorph.data.synthetic import CLASSES
 from nanomorph.errors import NanomorphError
-from nanomorph.stages.register import choose_encoder, main
+from nanomorph.stages.register import choose_encoder, main, training_features
 from nanomorph.tracking.registry import CONTENT_TAG, PROMOTE_ENV
 
 
@@ -137,6 +137,40 @@ def test_register_recommends_promotion_moves_champion_and_unchanged_models_are_n
     assert (tags["nanomorph.promoted_by"], tags["nanomorph.promotion_reason"], tags["nanomorph.replaced_champion"],
             tags["nanomorph.promoted_via"]) == ("alice", "wider C search", "1", "nanomorph promote")
     shutil.rmtree(project / "mlartifacts", ignore_errors=True)
+
+
+def test_training_features_come_from_the_probe_stages_cache_or_are_extracted_when_it_has_none(
+        tmp_path, monkeypatch, make_register_project):
+    from pathlib import Path
+
+    from nanomorph.config import load_config
+    from nanomorph.data.io import load_image_stack
+    from nanomorph.data.validation import accepted
+    from nanomorph.models.encoder import resolve_encoder
+    from nanomorph.probe.features import extract_features
+    from nanomorph.stages._probe_inputs import FEATURE_DIR, feature_sets, probe_data
+
+    monkeypatch.chdir(make_register_project(tmp_path))
+    cfg = load_config("params.yaml")
+    pr = cfg.probe
+    rows = accepted(cfg.validate.manifest, "nanowire")
+    train_idx = np.arange(1, len(rows), 2)
+    train_images = load_image_stack([Path(p) for p in rows["path"].iloc[train_idx]], pr.feature_size)
+    encoder = resolve_encoder("simclr", cfg.pretrain.arch, cfg.pretrain.seed)
+    expected = extract_features(encoder, train_images, batch_size=64, device="cpu", stages=pr.feature_stages,
+                                dihedral=pr.feature_dihedral)
+    assert not FEATURE_DIR.exists()
+    extracted = training_features(cfg, "simclr", encoder, rows, train_idx, train_images, "cpu")
+    np.testing.assert_array_equal(extracted, expected)
+    assert not FEATURE_DIR.exists()  # register never writes the probe stage's cache
+
+    feature_sets(cfg, probe_data(cfg), extract=True)  # what the probe stage stores: every image's features
+    no_images = np.empty((0, pr.feature_size, pr.feature_size), dtype=np.float32)
+    cached = training_features(cfg, "simclr", encoder, rows, train_idx, no_images, "cpu")  # images not read
+    np.testing.assert_allclose(cached, expected, rtol=1e-5, atol=1e-6)
+    other = resolve_encoder("barlow_twins", cfg.pretrain.arch, cfg.pretrain.seed)
+    assert not np.allclose(training_features(cfg, "barlow_twins", other, rows, train_idx, train_images, "cpu"),
+                           cached)
 
 
 def test_a_version_that_does_not_beat_the_classical_baseline_is_never_champion(tmp_path, monkeypatch,

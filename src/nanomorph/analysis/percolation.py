@@ -22,7 +22,6 @@ import numpy as np
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.cluster import DBSCAN
 
 NOISE = -1
 # The verdict each class should get (Lu et al.): network wires percolate, dispersed wires do not. Classes
@@ -46,6 +45,8 @@ def wire_clusters_dbscan(mask: np.ndarray, eps: float = 2.0, min_samples: int = 
 
     The reference implementation (scikit-learn); slow for large masks, kept to check `wire_clusters`.
     """
+    from sklearn.cluster import DBSCAN  # here: scikit-learn's import (~1 s) is paid only by the reference
+
     mask = _check_arguments(mask, eps, min_samples)
     points = np.argwhere(mask)
     if len(points) == 0:

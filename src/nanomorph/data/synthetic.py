@@ -83,7 +83,10 @@ does; 0.84 and 0.42 at 128 px). That is reported only: it was never a target.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -604,6 +607,45 @@ def _image_rng(seed: int, *words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *words]))
 
 
+PARALLEL_FROM = 64  # images; smaller sets are written without worker processes
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _write_all(write: Callable[[tuple], Path], jobs: list[tuple], workers: int | None, desc: str,
+               progress: bool) -> list[Path]:
+    """`write(job)` for every job, results in job order, over `workers` processes (default: `usable_cpus` for at
+    least PARALLEL_FROM jobs; fewer are written in this process, as starting a worker costs about a second).
+
+    Every image is a pure function of its own seed, so the files are byte for byte the same whatever the number
+    of workers (tests/data/test_synthetic.py). Workers are spawned, not forked: they start clean on every OS and
+    inherit the environment, including the CPU-kernel pins of `nanomorph.stages`.
+    """
+    if workers is None:
+        workers = usable_cpus() if len(jobs) >= PARALLEL_FROM else 1
+    workers = min(workers, len(jobs))
+    bar = {"total": len(jobs), "desc": desc, "unit": "img", "disable": not progress}
+    if workers <= 1:
+        return [write(job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(tqdm(pool.map(write, jobs, chunksize=max(1, len(jobs) // (8 * workers))), **bar))
+
+
+def _write_nanowire(job: tuple[Path, str, int, int, int]) -> Path:
+    out_dir, name, i, size, seed = job
+    image, mask = generate_nanowire_image(name, size, _image_rng(seed, _NANOWIRE_STREAM, CLASSES.index(name), i))
+    image_dir, label_dir = out_dir / name / "images", out_dir / name / "labels"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    image_path = image_dir / f"{name}_{i:03d}.tif"
+    tifffile.imwrite(image_path, image)
+    Image.fromarray(label_png(image, mask)).save(label_dir / f"{name}_{i:03d}.png")
+    return image_path
+
+
 def write_nanowire_dataset(
     out_dir: str | Path,
     classes: Sequence[str],
@@ -611,29 +653,20 @@ def write_nanowire_dataset(
     size: int,
     seed: int,
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[Path]:
     """Write `out_dir/<class>/images/<class>_<i:03d>.tif` (uint16) and `labels/<class>_<i:03d>.png` (RGB).
 
     Image i of a class is seeded from (seed, class's index in CLASSES, i), so it does not depend on how many
-    images or which other classes are written. Returns the image paths in writing order.
+    images or which other classes are written, nor on the number of `workers` (processes; default: every CPU
+    this process may use, for PARALLEL_FROM images or more). Returns the image paths in writing order.
     """
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise ValueError(f"unknown classes {unknown} (choose from {', '.join(CLASSES)})")
-    out_dir = Path(out_dir)
-    jobs = [(name, i) for name in classes for i in range(images_per_class)]
-    written = []
-    for name, i in tqdm(jobs, desc="nanowire images", unit="img", disable=not progress):
-        rng = _image_rng(seed, _NANOWIRE_STREAM, CLASSES.index(name), i)
-        image, mask = generate_nanowire_image(name, size, rng)
-        image_dir, label_dir = out_dir / name / "images", out_dir / name / "labels"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
-        image_path = image_dir / f"{name}_{i:03d}.tif"
-        tifffile.imwrite(image_path, image)
-        Image.fromarray(label_png(image, mask)).save(label_dir / f"{name}_{i:03d}.png")
-        written.append(image_path)
-    return written
+    _image_rng(seed)  # refuse a bad seed here, not in a worker
+    jobs = [(Path(out_dir), name, i, size, seed) for name in classes for i in range(images_per_class)]
+    return _write_all(_write_nanowire, jobs, workers, "nanowire images", progress)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -749,19 +782,22 @@ def generate_generic_em_image(size: int, rng: np.random.Generator) -> np.ndarray
     return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def _write_generic(job: tuple[Path, int, int, int]) -> Path:
+    out_dir, i, size, seed = job
+    path = out_dir / f"synthetic_em_{i:05d}.png"
+    Image.fromarray(generate_generic_em_image(size, _image_rng(seed, _GENERIC_STREAM, i))).save(path)
+    return path
+
+
 def write_generic_em_dataset(
-    out_dir: str | Path, n_images: int, size: int, seed: int, progress: bool = True
+    out_dir: str | Path, n_images: int, size: int, seed: int, progress: bool = True, workers: int | None = None,
 ) -> list[Path]:
     """Write `out_dir/synthetic_em_<i:05d>.png` (8-bit grayscale), CEM500K's flat layout; returns the paths.
 
-    Image i is seeded from (seed, i) alone, so it does not depend on `n_images`.
+    Image i is seeded from (seed, i) alone, so it does not depend on `n_images` or the number of `workers`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i in tqdm(range(n_images), desc="generic EM images", unit="img", disable=not progress):
-        image = generate_generic_em_image(size, _image_rng(seed, _GENERIC_STREAM, i))
-        path = out_dir / f"synthetic_em_{i:05d}.png"
-        Image.fromarray(image).save(path)
-        written.append(path)
-    return written
+    _image_rng(seed)
+    return _write_all(_write_generic, [(out_dir, i, size, seed) for i in range(n_images)], workers,
+                      "generic EM images", progress)

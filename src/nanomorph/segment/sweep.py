@@ -24,7 +24,12 @@ from nanomorph.probe.splits import SplitRule, as_rule, nested_stratified_subsets
 from nanomorph.segment.classical import fit_classical
 from nanomorph.segment.metrics import dice_iou
 from nanomorph.segment.model import build_unet
-from nanomorph.segment.train import predict_masks, train_segmenter
+from nanomorph.segment.train import (
+    predict_masks,
+    predict_masks_sharing_encoder,
+    shares_frozen_encoder,
+    train_segmenter,
+)
 
 COLUMNS = ["encoder", "seed", "n", "split", "image_index", "dice", "iou"]
 
@@ -159,20 +164,41 @@ def segmentation_sweep(
         rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
         if on_run is not None:
             on_run(SweepRun(name, seed, n, fit_idx, test_idx, None, pred))
-    for name, seed, n, fit_idx, val_idx, test_idx in tqdm(plan, desc="segmentation runs", disable=not progress):
-        model = seeded_unet(arch, encoder_states[name], freeze_encoder, init_seed=seed)
-        train_segmenter(
-            model, images[fit_idx], masks[fit_idx], epochs=None if steps else epochs_for(n), steps=steps, lr=lr,
-            batch_size=batch_size, seed=seed, device=device, crop_size=crop_size, encoder_lr=encoder_lr,
-            loss=loss, cpu_bf16=cpu_bf16,
-        )
-        if len(val_idx):
-            val_pred = predict_masks(model, images[val_idx], batch_size=max(batch_size, 8), device=device,
-                                     dihedral=dihedral, cpu_bf16=predict_bf16)
-            rows.extend(_score_rows(name, seed, n, "validation", val_idx, val_pred, masks))
-        pred = predict_masks(model, images[test_idx], batch_size=max(batch_size, 8), device=device,
-                             dihedral=dihedral, cpu_bf16=predict_bf16)
-        rows.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
-        if on_run is not None:
-            on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))
+    # The runs of one (encoder, seed) differ only in their training images and share the test images: trained
+    # first, they are scored together, and with a frozen encoder its pass over the test images serves all of them.
+    groups: dict[tuple[str, int], list[tuple]] = {}
+    for entry in plan:
+        groups.setdefault((entry[0], entry[1]), []).append(entry)
+    run_rows: dict[tuple[str, int, int], list[dict]] = {}
+    progress_bar = tqdm(total=len(plan), desc="segmentation runs", disable=not progress)
+    for runs in groups.values():
+        models = []
+        for name, seed, n, fit_idx, _val_idx, _test_idx in runs:
+            model = seeded_unet(arch, encoder_states[name], freeze_encoder, init_seed=seed)
+            train_segmenter(
+                model, images[fit_idx], masks[fit_idx], epochs=None if steps else epochs_for(n), steps=steps, lr=lr,
+                batch_size=batch_size, seed=seed, device=device, crop_size=crop_size, encoder_lr=encoder_lr,
+                loss=loss, cpu_bf16=cpu_bf16,
+            )
+            models.append(model)
+            progress_bar.update()
+        test_idx = runs[0][5]
+        predict = {"batch_size": max(batch_size, 8), "device": device, "dihedral": dihedral, "cpu_bf16": predict_bf16}
+        if len(models) > 1 and shares_frozen_encoder(models):
+            preds = predict_masks_sharing_encoder(models, images[test_idx], **predict)
+        else:
+            preds = [predict_masks(model, images[test_idx], **predict) for model in models]
+        for (name, seed, n, fit_idx, val_idx, _test_idx), model, pred in zip(runs, models, preds):
+            scored = []
+            if len(val_idx):
+                val_pred = predict_masks(model, images[val_idx], **predict)
+                scored.extend(_score_rows(name, seed, n, "validation", val_idx, val_pred, masks))
+            scored.extend(_score_rows(name, seed, n, "test", test_idx, pred, masks))
+            run_rows[(name, seed, n)] = scored
+            if on_run is not None:
+                on_run(SweepRun(name, seed, n, fit_idx, test_idx, model, pred))
+        del models
+    progress_bar.close()
+    for name, seed, n, *_ in plan:
+        rows.extend(run_rows[(name, seed, n)])
     return pd.DataFrame(rows, columns=COLUMNS)

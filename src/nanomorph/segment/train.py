@@ -7,6 +7,9 @@ number of epochs comes from the caller (params.yaml) and test images are never s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -170,11 +173,52 @@ def train_segmenter(
     return model
 
 
-def _dihedral_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mean sigmoid map over the 8 symmetries of the square: each turned/flipped input's prediction is turned
-    back before averaging, so the map is exactly equivariant and an orientation-dependent error averages out."""
-    return sum(unturn(torch.sigmoid(model(turn(x, flip, k)).float()), flip, k)
-               for flip, k in SYMMETRIES) / len(SYMMETRIES)
+def _mean_maps(trunk: Callable[[torch.Tensor], Any], heads: Sequence[Callable[[Any], torch.Tensor]],
+               x: torch.Tensor, dihedral: bool) -> list[torch.Tensor]:
+    """sigmoid(head(trunk(x))) for each head, the trunk run once for all of them. With `dihedral`, each map is the
+    mean over the 8 symmetries of the square: the turned/flipped input's map is turned back before averaging, so
+    it is exactly equivariant and an orientation-dependent error averages out (8 trunk passes)."""
+    if not dihedral:
+        shared = trunk(x)
+        return [torch.sigmoid(head(shared).float()) for head in heads]
+    sums: list[Any] = [0] * len(heads)
+    for flip, k in SYMMETRIES:
+        shared = trunk(turn(x, flip, k))
+        sums = [total + unturn(torch.sigmoid(head(shared).float()), flip, k) for total, head in zip(sums, heads)]
+    return [total / len(SYMMETRIES) for total in sums]
+
+
+def shares_frozen_encoder(models: Sequence[smp.Unet]) -> bool:
+    """True when every U-Net's encoder is frozen (`build_unet(freeze_encoder=True)`) and holds the first one's
+    weights and BatchNorm statistics exactly: then one encoder pass serves all their decoders."""
+    reference = models[0].encoder.state_dict()
+    return all(_encoder_frozen(m) for m in models) and all(
+        reference.keys() == m.encoder.state_dict().keys()
+        and all(torch.equal(reference[key], value) for key, value in m.encoder.state_dict().items())
+        for m in models[1:])
+
+
+def _predict(models: Sequence[nn.Module], images: np.ndarray, batch_size: int, device: str | torch.device,
+             dihedral: bool, cpu_bf16: bool) -> list[np.ndarray]:
+    x_all = _to_input(images)
+    if len(models) == 1:
+        trunk, heads = (lambda x: x), [models[0]]
+    elif shares_frozen_encoder(models):
+        trunk = models[0].encoder
+        heads = [lambda features, m=m: m.segmentation_head(m.decoder(features)) for m in models]
+    else:
+        raise ValueError("these U-Nets do not share one frozen encoder; predict them one by one")
+    out: list[list[np.ndarray]] = [[] for _ in models]
+    with ExitStack() as layouts, cpu_autocast(device, cpu_bf16):
+        for model in models:
+            layouts.enter_context(channels_last_inference(model, device))
+        for start in range(0, len(x_all), batch_size):
+            x = x_all[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+            for kept, prob in zip(out, _mean_maps(trunk, heads, x, dihedral)):
+                kept.append(prob.squeeze(1).float().cpu().numpy())
+    if not len(x_all):
+        return [np.zeros((0, *x_all.shape[2:]), dtype=np.float32) for _ in models]
+    return [np.concatenate(kept) for kept in out]
 
 
 def predict_probabilities(
@@ -183,22 +227,13 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Float32 (N, H, W) sigmoid(logit) maps, without gradients; leaves the model in eval mode.
 
-    `dihedral`: the mean map over the image's 8 rotations/flips (`_dihedral_mean`; 8 forward passes).
+    `dihedral`: the mean map over the image's 8 rotations/flips (`_mean_maps`; 8 forward passes).
     `cpu_bf16`: the network under bf16 autocast on a CPU with native bfloat16.
 
     (Eval mode is not undone afterwards: a blanket model.train() would also unfreeze a frozen encoder's
     BatchNorm; `train_segmenter` sets the right modes itself.)
     """
-    x_all = _to_input(images)
-    out = []
-    with channels_last_inference(model, device), cpu_autocast(device, cpu_bf16):
-        for start in range(0, len(x_all), batch_size):
-            x = x_all[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
-            prob = _dihedral_mean(model, x) if dihedral else torch.sigmoid(model(x).float())
-            out.append(prob.squeeze(1).float().cpu().numpy())
-    if not out:
-        return np.zeros((0, *x_all.shape[2:]), dtype=np.float32)
-    return np.concatenate(out)
+    return _predict([model], images, batch_size, device, dihedral, cpu_bf16)[0]
 
 
 def predict_masks(
@@ -207,3 +242,14 @@ def predict_masks(
 ) -> np.ndarray:
     """Boolean (N, H, W) masks: `predict_probabilities` > threshold (0.5: the logit's sign)."""
     return predict_probabilities(model, images, batch_size, device, dihedral, cpu_bf16) > threshold
+
+
+def predict_masks_sharing_encoder(
+    models: Sequence[smp.Unet], images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
+    threshold: float = 0.5, dihedral: bool = False, cpu_bf16: bool = False,
+) -> list[np.ndarray]:
+    """`predict_masks` of each of several U-Nets that share one frozen encoder (`shares_frozen_encoder`; a
+    ValueError otherwise), bit for bit what each gives alone: the encoder runs once per batch (and symmetry) and
+    feeds every decoder. The few-shot sweep trains one U-Net per training-set size on the same frozen encoder
+    and scores them all on the same test images, so this saves all but one of their encoder passes."""
+    return [p > threshold for p in _predict(models, images, batch_size, device, dihedral, cpu_bf16)]

@@ -48,6 +48,7 @@ from nanomorph.data.validation import accepted
 from nanomorph.errors import NanomorphError
 from nanomorph.models.encoder import resolve_encoder
 from nanomorph.models.precision import best_device
+from nanomorph.probe.cache import FeatureCache, image_set_fingerprint
 from nanomorph.probe.classical import NAME as CLASSICAL
 from nanomorph.probe.classical import classical_features
 from nanomorph.probe.features import extract_features
@@ -62,6 +63,7 @@ from nanomorph.serving.package import (
 )
 from nanomorph.serving.train import train_unet, unet_arguments
 from nanomorph.stages._common import stage_main, tracked, write_json, on_terminal
+from nanomorph.stages._probe_inputs import FEATURE_DIR
 from nanomorph.tracking.integrity import load_verified
 from nanomorph.tracking.registry import (
     CHALLENGER, CHAMPION, CONTENT_TAG, Decision, apply_decision, promotion_decision, promotion_enabled,
@@ -265,6 +267,22 @@ def _convergence_in_one_line(max_iter: int) -> Iterator[None]:
               "used as they are (raise probe.max_iter to fit tighter)")
 
 
+def training_features(cfg: Config, name: str, encoder, rows: pd.DataFrame, train_idx: np.ndarray,
+                      train_images: np.ndarray, device: str) -> np.ndarray:
+    """The encoder's probe features of the training images: read from the probe stage's cache of every image
+    (`rows`, in manifest order) when it holds them, else extracted from `train_images`. The cached rows are
+    the same function of the same images (bit for bit on the CPU, measured); reading them saves register one
+    feature extraction, and the cache is never written here."""
+    pr, pt = cfg.probe, cfg.pretrain
+    stored = FeatureCache(FEATURE_DIR).stored(
+        name, pt.seed, encoder, pr.feature_size, image_set_fingerprint(rows["sha256"].astype(str).tolist()),
+        len(rows), device=device, stages=pr.feature_stages, dihedral=pr.feature_dihedral)
+    if stored is not None:
+        return stored[train_idx]
+    return extract_features(encoder, train_images, batch_size=64, device=device, stages=pr.feature_stages,
+                            dihedral=pr.feature_dihedral)
+
+
 def run_register(cfg: Config, args: argparse.Namespace) -> None:
     with _convergence_in_one_line(cfg.probe.max_iter):
         _run_register(cfg, args)
@@ -289,8 +307,7 @@ def _run_register(cfg: Config, _args: argparse.Namespace) -> None:
     train_labels = train_rows["label"].to_numpy(dtype=str)
     images = load_image_stack([Path(p) for p in train_rows["path"]], pr.feature_size)
     encoders = {name: resolve_encoder(name, pt.arch, pt.seed) for name in pr.encoders if name not in BASELINES}
-    features = {name: extract_features(model, images, batch_size=64, device=device, stages=pr.feature_stages,
-                                       dihedral=pr.feature_dihedral)
+    features = {name: training_features(cfg, name, model, rows, train_idx, images, device)
                 for name, model in encoders.items()}
     choice = choose_encoder(features, train_labels, folds=rg.cv_folds, C=pr.C, tol=pr.tol, max_iter=pr.max_iter,
                             seed=rg.seed)
