@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import sklearn  # noqa: E402
+import sklearn.cluster  # noqa: E402,F401  (imported here: the reference imports it on first call, never timed)
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from _tracking import benchmark_run  # noqa: E402
