@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"nanomorph: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
+    if not sys.stderr.isatty():  # MLflow's artifact download bars, as ours, only on a terminal
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return importlib.import_module(COMMANDS[command]).main(rest)
 
 

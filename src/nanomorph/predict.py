@@ -298,13 +298,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiled", action="store_true",
                         help="segment at each image's own resolution by overlapping tiles (large images whose "
                              "pixel size matches the training images') instead of resizing to the training size")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is one only when stderr is a terminal)")
     return parser
 
 
 def run(args: argparse.Namespace) -> PredictionRun:
     project = project_settings(args.params)
-    if args.model is None and args.segmenter is None:
+    both_champions = args.model is None and args.segmenter is None
+    if both_champions:
         args.model, args.segmenter = project.classifier, project.segmenter
     models = {}
     if args.segmenter is not None and args.segmenter.split(":")[0] == CLASSICAL:
@@ -317,10 +319,18 @@ def run(args: argparse.Namespace) -> PredictionRun:
         raise NanomorphError(f"no image files (png, jpg, jpeg, tif, tiff) in {', '.join(map(str, args.paths))}")
     uri = tracking_uri(args.tracking_uri, project.tracking_uri) if refs else None
     for kind, ref in refs.items():
-        models[kind], version = load_registered(ref, uri)
+        try:
+            models[kind], version = load_registered(ref, uri)
+        except NanomorphError as exc:
+            if not both_champions:
+                raise
+            # e.g. the register stage recommended no classifier because none beat the classical baseline
+            other = (f"--segmenter {args.segmenter}" if kind == "classifier" else f"--model {args.model}")
+            raise NanomorphError(f"{exc}; without --model and --segmenter both champions are used: name one "
+                                 f"({other}) to use it alone") from exc
         print(f"{kind}: {ref} (version {version.version})", file=sys.stderr)
     result = predict_files(files, models.get("classifier"), models.get("segmenter"), args.out,
-                           progress=not args.no_progress, tiled=args.tiled)
+                           progress=not args.no_progress and sys.stderr.isatty(), tiled=args.tiled)
     print(f"{len(result.table)} of {len(files)} images predicted -> {result.files['predictions']}"
           + (f"; {len(result.skipped)} skipped -> {result.files['skipped']}" if len(result.skipped) else ""))
     if result.table.empty:

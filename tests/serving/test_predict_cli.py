@@ -150,7 +150,9 @@ def test_predict_skips_images_no_model_can_judge_and_survives_names_that_are_not
     }
 
 
-def test_predict_takes_the_store_and_model_names_from_the_projects_params(tiny_registry, tmp_path, monkeypatch):
+def _project_with_store(tiny_registry, tmp_path, monkeypatch) -> Path:
+    """A project folder whose params.yaml names the tiny models and a copy of the tiny store, named relative to
+    the project (a relative sqlite store is the project's); the working directory is tmp_path/elsewhere."""
     import yaml
 
     root = Path(__file__).resolve().parents[2]
@@ -158,18 +160,21 @@ def test_predict_takes_the_store_and_model_names_from_the_projects_params(tiny_r
     params["registry"].update({"classifier": CLASSIFIER, "segmenter": SEGMENTER})
     project = tmp_path / "project"
     project.mkdir()
-    # A relative sqlite store is the project's: copy the tiny store in and name it relative to the project.
     (project / "store.db").write_bytes((tiny_registry.root / "mlflow.db").read_bytes())
     params["tracking"]["tracking_uri"] = "sqlite:///store.db"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return project
+
+
+def test_predict_takes_the_store_and_model_names_from_the_projects_params(tiny_registry, tmp_path, monkeypatch):
+    project = _project_with_store(tiny_registry, tmp_path, monkeypatch)
     code = main(["predict", str(tiny_registry.files[0]), "--params", str(project / "params.yaml"), "--out", "out",
                  "--no-progress"])
     assert code == 0
-    table = pd.read_csv(elsewhere / "out" / "predictions.csv")
+    table = pd.read_csv(tmp_path / "elsewhere" / "out" / "predictions.csv")
     assert len(table) == 1 and {"class", "density"} <= set(table)  # both of the project's champions ran
 
 
@@ -260,3 +265,32 @@ def test_only_undecodable_files_are_skipped_an_error_in_a_model_stops_the_batch(
     assert len(run.table) == 1 and run.skipped["file"].tolist() == [str(tmp_path / "broken.png")]
     with pytest.raises(RuntimeError, match="model bug"):
         predict_files([tmp_path / "a.png"], FailingClassifier(), None, tmp_path / "out", progress=False)
+
+
+def test_predict_without_a_classifier_champion_says_how_to_segment_alone(tiny_registry, tmp_path, monkeypatch,
+                                                                         capsys):
+    import mlflow
+
+    project = _project_with_store(tiny_registry, tmp_path, monkeypatch)
+    # As after a register stage whose classifier did not beat the classical baseline: no classifier champion.
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'store.db'}").delete_registered_model_alias(
+        CLASSIFIER, "champion")
+    image, params = str(tiny_registry.files[0]), str(project / "params.yaml")
+    assert main(["predict", image, "--params", params, "--out", "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"model '{CLASSIFIER}@champion' not found" in err[0]
+    assert err[0].endswith(f"name one (--segmenter {SEGMENTER}@champion) to use it alone")
+    assert main(["predict", image, "--params", params, "--out", "out", "--segmenter", SEGMENTER]) == 0
+    table = pd.read_csv("out/predictions.csv")
+    assert "density" in table and "class" not in table
+
+
+def test_predict_draws_no_progress_bars_when_stderr_is_not_a_terminal(tiny_registry, tmp_path, monkeypatch, capsys):
+    # (set, then deleted: the variable is absent during the test and restored to absent after it)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    code = main(["predict", str(tiny_registry.files[0]), "--model", CLASSIFIER, "--segmenter", SEGMENTER,
+                 "--out", str(tmp_path / "out"), "--tracking-uri", tiny_registry.tracking_uri])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "%|" not in err and "\r" not in err  # neither ours nor MLflow's artifact download bars
