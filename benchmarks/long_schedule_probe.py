@@ -14,12 +14,12 @@ Wilcoxon signed-rank over the 20 shared split seeds, Holm-corrected over the who
 encoder against each of the four baselines at n = 1, 2, 4, 8).
 
     python benchmarks/long_schedule_probe.py --work /tmp/long   # ~40 min on 2 cores (200 epochs)
-    python benchmarks/long_schedule_probe.py --work /tmp/long1 --seed 1 \
-        --out benchmarks/results/long_schedule_probe_seed1.json
+    python benchmarks/long_schedule_probe.py --work /tmp/long1 --seed 1   # -> long_schedule_probe_seed1.json
 
 `--seed`: the pretraining (and random-init) seed, the profile's by default; another seed shows the spread of
 one pretraining, never a choice. A killed run resumes from WORK/pretrain.ckpt. Results:
-benchmarks/results/long_schedule_probe.json (or `--out`), MLflow experiment "nanomorph-benchmarks".
+benchmarks/results/long_schedule_probe.json (the report shows it), for another seed
+long_schedule_probe_seed<N>.json, or `--out`; MLflow experiment "nanomorph-benchmarks".
 """
 from __future__ import annotations
 
@@ -57,12 +57,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for the checkpoint (resumable)")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=None, help="pretraining seed (default: pretrain.seed)")
-    parser.add_argument("--out", type=Path, default=RESULT, help=f"result JSON (default: {RESULT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"result JSON (default: {RESULT}, or ..._seed<N>.json for another --seed)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cfg = load_config("params.yaml", "cpu")
     d, pr = cfg.data, cfg.probe
     pt = cfg.pretrain if args.seed is None else dataclasses.replace(cfg.pretrain, seed=args.seed)
+    other_seed = pt.seed != cfg.pretrain.seed
+    # the report reads RESULT: another seed's figures never land there unless --out says so
+    out_path = args.out or (RESULT.with_name(f"{RESULT.stem}_seed{pt.seed}.json") if other_seed else RESULT)
     with tempfile.TemporaryDirectory() as tmp:
         write_nanowire_dataset(Path(tmp), d.classes, d.images_per_class, d.image_size, d.seed, progress=False)
         samples = find_nanowire_dataset(Path(tmp), d.classes)
@@ -110,9 +114,9 @@ def main() -> None:
                         (family["median_a"] - family["median_b"] >= 0.05).all()),
                     "p_holm_lt_0.01_n4_n8": bool((family[family["n"].isin([4, 8])]["p_holm"] < 0.01).all())},
     }
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    out_path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({"median_accuracy": out["median_accuracy"], "targets": out["targets"]}, indent=1))
-    with benchmark_run("long_schedule_probe" + (f"_seed{pt.seed}" if args.seed is not None else "")) as mlflow:
+    with benchmark_run("long_schedule_probe" + (f"_seed{pt.seed}" if other_seed else "")) as mlflow:
         mlflow.log_params(out["params"])
         # MLflow metric names allow no "@"
         mlflow.log_metrics({f"median_accuracy/{enc.replace('@', '_px')}/n{n}": v
