@@ -99,8 +99,8 @@ def fit_dual(G: np.ndarray, y: np.ndarray, class_mask: np.ndarray, C: float, tol
     Returns (A, b, n_iter, converged, grad_norm, cg_steps): W = Z^T A (A: (P, m, K)) and intercepts b (P, K) of
     the optimum, Newton steps taken, the Euclidean norm of the gradient in (W, b) (divided by m like
     scikit-learn's objective), which is <= tol for a converged probe, and the conjugate-gradient steps (products
-    with G) of all Newton steps together. A probe whose line search finds no
-    decrease is at the limit of float64 and stops there. The iteration is `newton_kernels.fit_one`, compiled.
+    with G) of all Newton steps together. A probe whose line search finds no decrease is at the limit of
+    float64 and stops there. The iteration is `newton_kernels.fit_one`, compiled.
     """
     if C <= 0:
         raise ValueError(f"C must be > 0, got {C}")

@@ -49,20 +49,12 @@ def label_budget_runs(
             yield int(seed), n, fit_idx, test_idx
 
 
-def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro F1 and per-class recall of labels: the definitions of scikit-learn's accuracy_score,
-    f1_score(average="macro") and recall_score(average=None) over `classes` with zero_division=0
-    (tests/probe/test_sweep.py checks equality), without their input validation, which cost 5 ms per probe, as
-    much as solving the probe (a 700-probe sweep spent 4 s in it)."""
-    k = len(classes)
-    t, p = np.searchsorted(classes, y_true).clip(0, k - 1), np.searchsorted(classes, y_pred).clip(0, k - 1)
-    if not (np.array_equal(classes[t], y_true) and np.array_equal(classes[p], y_pred)):
-        raise ValueError(f"labels outside the classes {list(classes)}")
-    return _code_scores(t, p, classes)
-
-
 def _code_scores(t: np.ndarray, p: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    """`_scores` of true and predicted class codes (indices into `classes`), from one confusion matrix."""
+    """Accuracy, macro F1 and per-class recall of true and predicted class codes (indices into `classes`), from
+    one confusion matrix: the definitions of scikit-learn's accuracy_score, f1_score(average="macro") and
+    recall_score(average=None) over `classes` with zero_division=0 (tests/probe/test_sweep.py checks equality),
+    without their input validation, which cost 5 ms per probe, as much as solving the probe (a 700-probe sweep
+    spent 4 s in it)."""
     k = len(classes)
     confusion = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
     hits, actual, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)

@@ -60,7 +60,8 @@ class ClassicalSegmenter:
         polarity = "darker" if self.darker else "brighter"
         if self.method == "otsu":
             return f"global Otsu, objects {polarity}"
-        return f"local Sauvola threshold (window {self.window_fraction:g} of the side, k {self.k:g}), objects {polarity}"
+        return (f"local Sauvola threshold (window {self.window_fraction:g} of the side, k {self.k:g}), "
+                f"objects {polarity}")
 
 
 def _candidates(method: str, min_size: int) -> list[ClassicalSegmenter]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,6 @@ from nanomorph.segment.model import build_unet
 from nanomorph.segment.train import (
     predict_masks,
     predict_masks_sharing_encoder,
-    shares_frozen_encoder,
     train_segmenter,
 )
 
@@ -49,6 +49,17 @@ class SweepRun:
     test_idx: np.ndarray
     model: smp.Unet | None
     pred: np.ndarray
+
+
+class PlannedRun(NamedTuple):
+    """One (method, seed, n) run of the sweep's plan: its training, scored validation and test image indices."""
+
+    method: str
+    seed: int
+    n: int
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
 
 
 def seeded_unet(arch: str, encoder_state: dict | None, freeze_encoder: bool, init_seed: int):
@@ -152,8 +163,8 @@ def segmentation_sweep(
         for n, fit_idx in subsets.items():
             # Validation images are scored only where a choice is made: at the seed's largest training set.
             scored_val = val_idx if n == max(subsets) else no_validation
-            plan.extend((name, int(seed), n, fit_idx, scored_val, test_idx) for name in encoder_states)
-            classical_plan.extend((name, int(seed), n, fit_idx, scored_val, test_idx) for name in classical)
+            plan.extend(PlannedRun(name, int(seed), n, fit_idx, scored_val, test_idx) for name in encoder_states)
+            classical_plan.extend(PlannedRun(name, int(seed), n, fit_idx, scored_val, test_idx) for name in classical)
     predict_bf16 = cpu_bf16 if predict_cpu_bf16 is None else predict_cpu_bf16
     rows: list[dict] = []
     for name, seed, n, fit_idx, val_idx, test_idx in classical_plan:
@@ -166,9 +177,9 @@ def segmentation_sweep(
             on_run(SweepRun(name, seed, n, fit_idx, test_idx, None, pred))
     # The runs of one (encoder, seed) differ only in their training images and share the test images: trained
     # first, they are scored together, and with a frozen encoder its pass over the test images serves all of them.
-    groups: dict[tuple[str, int], list[tuple]] = {}
+    groups: dict[tuple[str, int], list[PlannedRun]] = {}
     for entry in plan:
-        groups.setdefault((entry[0], entry[1]), []).append(entry)
+        groups.setdefault((entry.method, entry.seed), []).append(entry)
     run_rows: dict[tuple[str, int, int], list[dict]] = {}
     progress_bar = tqdm(total=len(plan), desc="segmentation runs", disable=not progress)
     for runs in groups.values():
@@ -182,12 +193,9 @@ def segmentation_sweep(
             )
             models.append(model)
             progress_bar.update()
-        test_idx = runs[0][5]
+        test_idx = runs[0].test_idx
         predict = {"batch_size": max(batch_size, 8), "device": device, "dihedral": dihedral, "cpu_bf16": predict_bf16}
-        if len(models) > 1 and shares_frozen_encoder(models):
-            preds = predict_masks_sharing_encoder(models, images[test_idx], **predict)
-        else:
-            preds = [predict_masks(model, images[test_idx], **predict) for model in models]
+        preds = predict_masks_sharing_encoder(models, images[test_idx], **predict)
         for (name, seed, n, fit_idx, val_idx, _test_idx), model, pred in zip(runs, models, preds):
             scored = []
             if len(val_idx):

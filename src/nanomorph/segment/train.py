@@ -56,7 +56,8 @@ def random_dihedral(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> t
     return torch.stack(xs), torch.stack(ys)
 
 
-def random_crops(x: torch.Tensor, y: torch.Tensor, side: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_crops(x: torch.Tensor, y: torch.Tensor, side: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One `side` x `side` window per (image, mask) pair at a uniformly drawn position, the same for both.
 
     Training on native-resolution windows keeps thin wires a few pixels wide (downsampling a whole image to the
@@ -200,14 +201,14 @@ def shares_frozen_encoder(models: Sequence[smp.Unet]) -> bool:
 
 def _predict(models: Sequence[nn.Module], images: np.ndarray, batch_size: int, device: str | torch.device,
              dihedral: bool, cpu_bf16: bool) -> list[np.ndarray]:
+    """Probability maps of one model, or of several that share one frozen encoder (the caller has checked
+    `shares_frozen_encoder`): its output then feeds every decoder."""
     x_all = _to_input(images)
     if len(models) == 1:
         trunk, heads = (lambda x: x), [models[0]]
-    elif shares_frozen_encoder(models):
+    else:
         trunk = models[0].encoder
         heads = [lambda features, m=m: m.segmentation_head(m.decoder(features)) for m in models]
-    else:
-        raise ValueError("these U-Nets do not share one frozen encoder; predict them one by one")
     out: list[list[np.ndarray]] = [[] for _ in models]
     with ExitStack() as layouts, cpu_autocast(device, cpu_bf16):
         for model in models:
@@ -248,8 +249,10 @@ def predict_masks_sharing_encoder(
     models: Sequence[smp.Unet], images: np.ndarray, batch_size: int = 8, device: str | torch.device = "cpu",
     threshold: float = 0.5, dihedral: bool = False, cpu_bf16: bool = False,
 ) -> list[np.ndarray]:
-    """`predict_masks` of each of several U-Nets that share one frozen encoder (`shares_frozen_encoder`; a
-    ValueError otherwise), bit for bit what each gives alone: the encoder runs once per batch (and symmetry) and
-    feeds every decoder. The few-shot sweep trains one U-Net per training-set size on the same frozen encoder
-    and scores them all on the same test images, so this saves all but one of their encoder passes."""
+    """`predict_masks` of each of several U-Nets, bit for bit what each gives alone. When they share one frozen
+    encoder (`shares_frozen_encoder`) it runs once per batch (and symmetry) and feeds every decoder, else each
+    model runs alone. The few-shot sweep trains one U-Net per training-set size on the same frozen encoder and
+    scores them all on the same test images, so this saves all but one of their encoder passes."""
+    if len(models) > 1 and not shares_frozen_encoder(models):
+        return [predict_masks(m, images, batch_size, device, threshold, dihedral, cpu_bf16) for m in models]
     return [p > threshold for p in _predict(models, images, batch_size, device, dihedral, cpu_bf16)]
