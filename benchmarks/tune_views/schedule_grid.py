@@ -38,6 +38,20 @@ def cpu_arguments() -> dict:
     return pretrain_arguments(load_config("params.yaml", "cpu").pretrain, "simclr")
 
 
+def spec_arguments(spec: str, base: dict) -> dict:
+    """`pretrain` keywords of a spec `view:epochs:batch[:key=value...]`: `base` (the cpu profile's arguments) with
+    the view side, epochs, batch and each override (tuples as dash-separated values), no checkpoints."""
+    view, epochs, batch, *overrides = spec.split(":")
+    kw = {**base, "image_size": int(view), "epochs": int(epochs), "batch_size": int(batch), "checkpoint_every": 0}
+    for item in overrides:
+        key, value = item.split("=")
+        if isinstance(kw[key], tuple):  # e.g. crop_side=0.25-0.5, projector_dims=512-128
+            kw[key] = tuple(type(kw[key][0])(v) for v in value.split("-"))
+        else:
+            kw[key] = type(kw[key])(value)
+    return kw
+
+
 def resized(task: np.ndarray, side: int) -> np.ndarray:
     if side == task.shape[-1]:
         return task
@@ -67,19 +81,12 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = cpu_arguments()
     for spec in specs:
-        view, epochs, batch, *overrides = spec.split(":")
-        kw = {**base, "image_size": int(view), "epochs": int(epochs), "batch_size": int(batch), "checkpoint_every": 0}
-        for item in overrides:
-            key, value = item.split("=")
-            if isinstance(kw[key], tuple):  # e.g. crop_side=0.25-0.5, projector_dims=512-128
-                kw[key] = tuple(type(kw[key][0])(v) for v in value.split("-"))
-            else:
-                kw[key] = type(kw[key])(value)
+        kw = spec_arguments(spec, base)
         started = time.time()
         result = pretrain(task, **kw, checkpoint_path=None, device=device, progress=False)
         seconds = round(time.time() - started)
         last = {k: round(float(result.history[-1][k]), 4) for k in ("loss", "effective_rank")}
-        score(result.encoder, task, labels, sorted({int(view), 64, 128}), work / "schedule_grid.jsonl",
+        score(result.encoder, task, labels, sorted({kw["image_size"], 64, 128}), work / "schedule_grid.jsonl",
               {"spec": spec}, {"pretrain_s": seconds, "device": device, **last}, device)
 
 

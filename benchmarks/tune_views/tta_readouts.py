@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from protocol import median_accuracy, probe_rule
-from schedule_grid import cpu_arguments, resized
+from schedule_grid import cpu_arguments, resized, spec_arguments
 from nanomorph.models.dihedral import SYMMETRIES, turn
 from nanomorph.models.encoder import normalise
 from nanomorph.probe.features import extract_features
@@ -41,14 +41,8 @@ def pretrained(work: Path, spec: str, task: np.ndarray) -> torch.nn.Module:
     path = work / f"enc_{spec.replace(':', '_')}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
-    view, epochs, batch, *overrides = spec.split(":")
-    kw = {**cpu_arguments(), "image_size": int(view), "epochs": int(epochs), "batch_size": int(batch),
-          "checkpoint_every": 0}
-    for item in overrides:
-        key, value = item.split("=")
-        kw[key] = (tuple(type(kw[key][0])(v) for v in value.split("-")) if isinstance(kw[key], tuple)
-                   else type(kw[key])(value))
-    encoder = pretrain(task, **kw, checkpoint_path=None, device="cpu", progress=False).encoder
+    encoder = pretrain(task, **spec_arguments(spec, cpu_arguments()), checkpoint_path=None, device="cpu",
+                       progress=False).encoder
     torch.save(encoder, path)
     return encoder
 
@@ -94,12 +88,14 @@ def main() -> None:
         with open(work / "tta_readouts.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    Z64, Z48, Z56 = features(task, 64), features(task, 48), features(task, 56)
+    task64 = resized(task, 64)
+    Z64 = features(task64, 64)
     report("64", Z64)
-    adapted = batchnorm_reestimated(encoder, resized(task, 64))
-    report("BN re-estimated", extract_features(adapted, resized(task, 64), stages=STAGES, dihedral=True))
+    adapted = batchnorm_reestimated(encoder, task64)
+    report("BN re-estimated", extract_features(adapted, task64, stages=STAGES, dihedral=True))
     if "--bn-only" in sys.argv:
         return
+    Z48, Z56 = features(task, 48), features(task, 56)
     report("48", Z48)
     report("48|64", np.hstack([Z48, Z64]))
     report("mean 48,56,64", (Z48 + Z56 + Z64) / 3)
@@ -107,7 +103,7 @@ def main() -> None:
         crops = [features(c, 64) for c in corner_and_centre_crops(task, fraction)]
         report(f"crops {fraction}", np.mean(crops + [Z64], axis=0))
 
-    small = torch.from_numpy(resized(task, 64))[:, None]
+    small = torch.from_numpy(task64)[:, None]
     per_symmetry = np.stack([extract_features(encoder, turn(small, flip, k)[:, 0].contiguous().numpy(),
                                               stages=STAGES) for flip, k in SYMMETRIES])  # (8, N, D)
 
